@@ -1,0 +1,1 @@
+"""Small helpers shared by data_prep, train and eval: config parsing, atomic IO, logging."""
