@@ -1,0 +1,69 @@
+"""Model families: one module per family (`train/families/<name>.py`), same module-level API.
+
+Each module defines NAME, MODEL_CLASS, MODEL_TYPES (config.json `model_type` values it loads),
+HUB_ID_PATTERN (regex recognising its hub ids), SYSTEM_PROMPT, SAMPLING_RATE, LORA_TARGET_REGEX,
+AUDIO_ENCODER / PROJECTOR / LLM (dotted submodule paths) and the functions load_model,
+load_processor, max_audio_seconds, render, encode, make_tiny (see docs/ARCHITECTURE.md).
+Adding a family is adding one module here; nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import re
+from pathlib import Path
+from types import ModuleType
+
+
+def list_families() -> list[str]:
+    """Names of the family modules in this package (private helper modules excluded)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def get_family(name: str) -> ModuleType:
+    """Import `train.families.<name>`; unknown names fail with the list of known families."""
+    known = list_families()
+    if name not in known:
+        raise ValueError(f"unknown model family {name!r}; known families: {', '.join(known)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def _local_config(name_or_path: str) -> dict | None:
+    """config.json of a local folder, or of a hub repo already in the local cache (no download)."""
+    path = Path(name_or_path) / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    if Path(name_or_path).exists():
+        raise FileNotFoundError(f"{name_or_path} has no config.json; is it a model folder?")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+    except Exception:  # not a valid repo id: fall through to the id-string rules
+        return None
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text(encoding="utf-8"))
+    return None
+
+
+def family_of(name_or_path: str) -> str:
+    """Family name for a checkpoint: from config.json `model_type` when a config is available
+    locally, else from the hub id string (e.g. `Qwen/Qwen2-Audio-7B-Instruct` -> qwen2_audio)."""
+    families = {name: get_family(name) for name in list_families()}
+    config = _local_config(str(name_or_path))
+    if config is not None:
+        model_type = config.get("model_type")
+        for name, module in families.items():
+            if model_type in module.MODEL_TYPES:
+                return name
+        known = {name: list(m.MODEL_TYPES) for name, m in families.items()}
+        raise ValueError(f"{name_or_path}: model_type {model_type!r} matches no family; known: {known}")
+    for name, module in families.items():
+        if re.search(module.HUB_ID_PATTERN, str(name_or_path), flags=re.IGNORECASE):
+            return name
+    raise ValueError(
+        f"cannot tell the model family of {name_or_path!r}: no local config.json and the id matches none of "
+        f"{', '.join(families)}; pass the family explicitly"
+    )

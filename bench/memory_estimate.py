@@ -1,0 +1,179 @@
+"""Per-GPU memory of each 7B LoRA recipe, from DeepSpeed's own ZeRO estimators.
+
+    python -m bench.memory_estimate
+
+Parameter counts come from the real architectures, built on the `meta` device (no weights):
+Qwen2-Audio-7B-Instruct from `../shared/models/qwen2_audio_7b_instruct/config.json`, and the
+Qwen2.5-Omni-7B thinker from transformers' config class with the published 7B sizes (vision
+encoder 1280 wide, untied head). LoRA targets come from each recipe YAML (null = the family's
+LORA_TARGET_REGEX); the projector is trainable when the recipe says so.
+
+DeepSpeed's `estimate_zero{2,3}_model_states_mem_needs` (what the `..._all_cold` printers call)
+assume every parameter trains (16-bit weights + grads, fp32 master + Adam moments). Under LoRA only
+the trainable parameters have gradients and optimizer states, so we feed the estimator the
+trainable count and add the frozen base weights ourselves: replicated 2 bytes/param under ZeRO-2,
+partitioned 2/N bytes under ZeRO-3, on the CPU with ZeRO-3 param offload.
+Activations are a rough extra column (gradient checkpointing, one sample of `max_length` tokens):
+one saved hidden state per layer, one layer recomputed, and the logits in bf16 + fp32 for the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from common.config import load_yaml
+from common.paths import REPO_ROOT, shared_dir
+
+GIB = 1024**3
+NUM_GPUS = 8
+RECIPES = [
+    "configs/qwen2_audio_7b/cot_lora.yaml",
+    "configs/qwen2_audio_7b/cot_lora_zero3.yaml",
+    "configs/qwen2_5_omni_7b/cot_lora.yaml",
+]
+
+
+@dataclass
+class Counts:
+    total: int
+    lora: int
+    projector: int
+    largest_layer: int
+    layers: int
+    hidden: int
+    vocab: int
+
+
+def _meta_model(family: str):
+    import torch
+    import transformers as tf
+
+    if family == "qwen2_audio":
+        cfg_path = shared_dir() / "models/qwen2_audio_7b_instruct/config.json"
+        config = tf.Qwen2AudioConfig(**json.loads(cfg_path.read_text()))
+        cls = tf.Qwen2AudioForConditionalGeneration
+    else:
+        config = tf.Qwen2_5OmniThinkerConfig()
+        config.vision_config.hidden_size = 1280  # published 7B: 1280-wide ViT (class default is 3584)
+        config.vision_config.intermediate_size = 3420
+        config.text_config.tie_word_embeddings = False
+        cls = tf.Qwen2_5OmniThinkerForConditionalGeneration
+    with torch.device("meta"):
+        return cls(config), config.text_config
+
+
+def count_params(family: str, target_regex: str, r: int, projector_path: str) -> Counts:
+    """Total, LoRA (r * (in + out) per matched Linear) and projector parameter counts."""
+    import torch
+
+    model, text_cfg = _meta_model(family)
+    total = sum(p.numel() for p in model.parameters())
+    pattern = re.compile(target_regex)
+    lora = largest = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and pattern.fullmatch(name):
+            lora += r * (module.in_features + module.out_features)
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        largest = max(largest, own)
+    projector = sum(p.numel() for p in model.get_submodule(projector_path).parameters())
+    return Counts(
+        total, lora, projector, largest, text_cfg.num_hidden_layers, text_cfg.hidden_size, text_cfg.vocab_size
+    )
+
+
+def _zero_stage(ds_json: str) -> tuple[int, bool]:
+    ds = json.loads((REPO_ROOT / ds_json).read_text())
+    zero = ds.get("zero_optimization", {})
+    return int(zero.get("stage", 0)), "offload_param" in zero
+
+
+def per_gpu_bytes(c: Counts, trainable: int, stage: int, offload: bool, n: int = NUM_GPUS) -> int:
+    """Model states per GPU: DeepSpeed's estimate for the trainable params + the frozen bf16 base."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    frozen = c.total - trainable
+    if stage == 2:
+        _, gpu = estimate_zero2_model_states_mem_needs(trainable, n, 1, cpu_offload=False)
+        return gpu + 2 * frozen
+    _, gpu, _ = estimate_zero3_model_states_mem_needs(
+        trainable, c.largest_layer, n, 1, cpu_offload=offload, cpu_offload_params=offload
+    )
+    return gpu + (0 if offload else 2 * frozen // n)
+
+
+def activation_bytes(c: Counts, seq: int, batch: int) -> int:
+    """Rough activations with gradient checkpointing (bf16), dominated by the logits at long seq."""
+    saved = c.layers * batch * seq * c.hidden * 2
+    one_layer = batch * seq * c.hidden * 34 * 2  # Korthikanti et al.'s ~34*s*h per layer, flash attn
+    logits = batch * seq * c.vocab * (2 + 4 + 4)  # bf16 logits, fp32 upcast, fp32 grad
+    return saved + one_layer + logits
+
+
+def estimate(recipe: str) -> dict:
+    """One table row for a recipe YAML."""
+    from train.families import get_family
+
+    cfg = load_yaml(REPO_ROOT / recipe)
+    family = get_family(cfg["model"].get("family") or _family_from_path(cfg["model"]["model_name_or_path"]))
+    lora = cfg.get("lora", {})
+    r = int(lora.get("r", 16))
+    regex = lora.get("target_regex") or family.LORA_TARGET_REGEX
+    c = count_params(family.NAME, regex, r, family.PROJECTOR)
+    trainable = c.lora + (c.projector if lora.get("train_projector", True) else 0)
+    stage, offload = _zero_stage(cfg["training"]["deepspeed"])
+    states = per_gpu_bytes(c, trainable, stage, offload)
+    seq = int(cfg["data"].get("max_length", 2048))
+    batch = int(cfg["training"].get("per_device_train_batch_size", 1))
+    acts = activation_bytes(c, seq, batch)
+    return {
+        "recipe": recipe,
+        "zero": stage,
+        "offload": offload,
+        "gpus": NUM_GPUS,
+        "params_b": round(c.total / 1e9, 3),
+        "trainable_m": round(trainable / 1e6, 1),
+        "model_states_gib": round(states / GIB, 1),
+        "activations_gib": round(acts / GIB, 1),
+        "total_gib": round((states + acts) / GIB, 1),
+        "seq": seq,
+        "micro_batch": batch,
+    }
+
+
+def _family_from_path(name: str) -> str:
+    return "qwen2_5_omni" if "omni" in name.lower() else "qwen2_audio"
+
+
+def full_finetune_reference(total: int, n: int = NUM_GPUS) -> dict:
+    """What the same model would need fully fine-tuned (DeepSpeed's numbers as they are)."""
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    _, gpu = estimate_zero2_model_states_mem_needs(total, n, 1, cpu_offload=False)
+    return {"full_ft_zero2_gib": round(gpu / GIB, 1)}
+
+
+def main() -> None:
+    rows = [estimate(r) for r in RECIPES]
+    header = "| recipe | ZeRO | params | trainable | model states/GPU | activations/GPU (rough) | total/GPU |"
+    print(header)
+    print("|" + "---|" * 7)
+    for row in rows:
+        zero = f"{row['zero']}{' + offload' if row['offload'] else ''}"
+        print(
+            f"| {row['recipe']} | {zero} | {row['params_b']} B | {row['trainable_m']} M | "
+            f"{row['model_states_gib']} GiB | {row['activations_gib']} GiB (seq {row['seq']}, "
+            f"mb {row['micro_batch']}) | {row['total_gib']} GiB |"
+        )
+    ref = full_finetune_reference(int(rows[0]["params_b"] * 1e9))
+    print(
+        f"\nFor scale: full fine-tuning of Qwen2-Audio-7B under ZeRO-2 on {NUM_GPUS} GPUs needs "
+        f"{ref['full_ft_zero2_gib']} GiB/GPU of model states alone (DeepSpeed estimator)."
+    )
+    print(json.dumps({"bench": "memory_estimate", "gpus": NUM_GPUS, "rows": rows, **ref}))
+
+
+if __name__ == "__main__":
+    main()

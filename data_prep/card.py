@@ -1,0 +1,69 @@
+"""The dataset card (`README.md` of a prepared dataset): what it is, counts, and every skip."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+def mix_counts(samples: list[dict]) -> dict[str, int]:
+    """Samples per `modality | layer`, sorted by key (JSON-friendly)."""
+    counts = Counter(f"{s['modality']} | {s['category']}" for s in samples)
+    return dict(sorted(counts.items()))
+
+
+def _mix_table(splits: dict[str, list[dict]]) -> list[str]:
+    names = list(splits)
+    per_split = {n: mix_counts(rows) for n, rows in splits.items()}
+    keys = sorted({k for c in per_split.values() for k in c})
+    lines = [
+        "| modality | layer | " + " | ".join(names) + " | total |",
+        "|---|---|" + "---|" * (len(names) + 1),
+    ]
+    for key in keys:
+        modality, layer = key.split(" | ", 1)
+        row = [per_split[n].get(key, 0) for n in names]
+        lines.append(f"| {modality} | {layer} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
+    totals = [len(splits[n]) for n in names]
+    lines.append("| **all** | | " + " | ".join(map(str, totals)) + f" | {sum(totals)} |")
+    return lines
+
+
+def _skip_lines(skipped: list[dict]) -> list[str]:
+    if not skipped:
+        return ["None: every item of the source is in the dataset."]
+    lines = ["| id | where | reason |", "|---|---|---|"]
+    for s in skipped:
+        reason = s["reason"].replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {s['id']} | {s['where']} | {reason} |")
+    return lines
+
+
+def render_card(manifest: dict, splits: dict[str, list[dict]]) -> str:
+    """Markdown card built only from the manifest and the rows, so it is byte-stable."""
+    counts = manifest["counts"]
+    audio = manifest["audio"]
+    checked = "checked" if audio["checked"] else "NOT checked (metadata-only, --no-audio-check)"
+    lines = [
+        f"# {manifest['name']} ({manifest['hash'][:12]})",
+        "",
+        f"- source: `{manifest['source']['reader']}` reader, `{manifest['source']['path']}` "
+        f"(sha256 `{manifest['source']['sha256'][:16]}...`)",
+        f"- template: `{manifest['template']}`; family: `{manifest['family']}`; "
+        f"options shuffled: {manifest['options']['shuffle_options']}; seed: {manifest['options']['seed']}",
+        f"- audio: {checked}; {audio['sampling_rate']} Hz; max {audio['max_seconds']} s "
+        f"({audio['long_audio_policy']}; {counts['truncated']} clip(s) longer)",
+        f"- items read: {counts['read']}; samples written: {counts['samples']}; skipped: {counts['skipped']}; "
+        f"direct-answer fallbacks (no thinking): {counts['thinking_fallback']}; "
+        f"items with a blank option dropped: {counts['empty_choice_dropped']}",
+        f"- split mode: {manifest['options']['split']['mode']}; groups never straddle two splits",
+        "",
+        "## Samples per split x modality x layer",
+        "",
+        *_mix_table(splits),
+        "",
+        "## Skipped items",
+        "",
+        *_skip_lines(manifest["skipped"]),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""JSON / JSONL loading shared by the JSON-based readers, with line numbers in every error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data_prep.readers import RawItem
+from data_prep.schema import MalformedJSONError, SourceFileError
+
+
+def read_json_items(path: Path, id_key: str = "id") -> list[RawItem]:
+    """Read a JSON list or a JSONL file into RawItems (format sniffed from the first character)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceFileError(f"cannot read source file: {e}", where=str(path)) from None
+    if text.lstrip().startswith("["):
+        return _read_json_list(path, text, id_key)
+    return _read_jsonl(path, text, id_key)
+
+
+def _item_id(obj: object, id_key: str) -> str | None:
+    if (
+        isinstance(obj, dict)
+        and isinstance(obj.get(id_key), (str, int))
+        and not isinstance(obj.get(id_key), bool)
+    ):
+        return str(obj[id_key])
+    return None
+
+
+def _read_jsonl(path: Path, text: str, id_key: str) -> list[RawItem]:
+    items = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MalformedJSONError(f"malformed JSON: {e.msg} (column {e.colno})", where=where) from None
+        # A non-object line is an item-level problem; to_record reports it through the skip list.
+        items.append(RawItem(where=where, item_id=_item_id(obj, id_key), raw=obj))
+    return items
+
+
+def _read_json_list(path: Path, text: str, id_key: str) -> list[RawItem]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MalformedJSONError(
+            f"malformed JSON: {e.msg} (column {e.colno})", where=f"{path}:{e.lineno}"
+        ) from None
+    if not isinstance(data, list):
+        raise MalformedJSONError("expected a JSON list of items", where=str(path))
+    return [
+        RawItem(where=f"{path}[{i}]", item_id=_item_id(obj, id_key), raw=obj) for i, obj in enumerate(data)
+    ]

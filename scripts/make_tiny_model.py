@@ -1,0 +1,34 @@
+"""Build a randomly initialised tiny model of a real architecture, plus its processor.
+
+    python -m scripts.make_tiny_model --family qwen2_audio --out models/tiny-qwen2-audio [--seed 0]
+    python -m scripts.make_tiny_model --family qwen2_5_omni --out models/tiny-qwen2.5-omni
+
+The folder is written with `save_pretrained` and loaded back through the family's `load_model` /
+`load_processor`, the code path a real checkpoint takes. Uses the real Qwen2 tokenizer when
+`../shared/tokenizers/qwen2/` exists, else a small byte-level BPE trained on the spot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from common.logging_utils import setup_logging
+from train.families import get_family, list_families
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", required=True, choices=list_families(), help="model family module name")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the random initialisation")
+    args = parser.parse_args(argv)
+    setup_logging()
+    get_family(args.family).make_tiny(args.out, seed=args.seed)
+    logger.info("tiny %s model written to %s", args.family, args.out)
+
+
+if __name__ == "__main__":
+    main()

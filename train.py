@@ -1,0 +1,29 @@
+"""Train an audio LLM with LoRA: `deepspeed train.py --config configs/<model>/<recipe>.yaml [--key value ...]`.
+
+Also runs under `torchrun --nproc_per_node N train.py ...` and as plain `python train.py ...`
+(one process). `python train.py --help` lists every config key. The work happens in
+`train.recipe` (SFT) or `train.grpo` (GRPO), chosen by `training.method`.
+"""
+
+import sys
+
+from train.config import load_config
+from train.distributed import finish_and_exit, setup_env
+
+
+def main(argv: list[str]) -> None:
+    cfg = load_config(argv)
+    setup_env(uses_deepspeed=cfg.training.deepspeed is not None)  # before torch is imported
+    from common.logging_utils import setup_logging
+
+    setup_logging()
+    if cfg.training.method == "grpo":
+        from train.grpo import main as run
+    else:
+        from train.recipe import main as run
+    run(cfg)
+    finish_and_exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,168 @@
+"""Typed training config: one flat dataclass per section, parsed by `common.config.parse_config`.
+
+YAML gives the defaults, `--section.key value` or `--key value` (unique leaf names) wins, unknown
+keys fail. Every field carries a help string (`python train.py --help` lists them all).
+The keys users change most are unique leaves and work as flat flags: `--model_name_or_path`,
+`--dataset_dir`, `--output_dir`, `--max_steps`, `--seed`, `--deepspeed`, `--resume_from_checkpoint`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from common.config import ConfigError, parse_config
+
+
+def _f(default, doc: str, **kw):
+    """A dataclass field with a help string (mutable defaults go through default_factory)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": doc}, **kw)
+    return field(default=default, metadata={"help": doc}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    model_name_or_path: str = _f("models/tiny-qwen2-audio", "Hub id or local path of the base model.")
+    family: str | None = _f(None, "Model family module under train/families (null = from config.json).")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = _f(
+        "float32", "Weights dtype at load time (bfloat16 on GPUs, float32 on CPU)."
+    )
+    attn_implementation: str | None = _f(
+        None, "eager | sdpa | flash_attention_2 (null = transformers' default)."
+    )
+    trust_remote_code: bool = _f(False, "Run model code from the checkpoint; off unless you trust it.")
+
+
+@dataclass
+class DataConfig:
+    dataset_dir: str = _f("data/prepared/latest", "A data_prep output dir (holds manifest.json, hf/<split>).")
+    train_split: str = _f("train", "Split to train on.")
+    val_split: str | None = _f("val", "Split for validation loss during training (null = none).")
+    max_length: int = _f(2048, "Max tokens per sample; samples whose audio run would be cut are dropped.")
+    max_train_samples: int | None = _f(None, "Use only the first N training samples (debugging).")
+    max_val_samples: int | None = _f(None, "Use only the first N validation samples.")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(32, "LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).")
+    dropout: float = _f(0.05, "Dropout on the LoRA branch.")
+    target_regex: str | None = _f(
+        None, "Regex of module names to adapt (null = the family's LORA_TARGET_REGEX, LLM only)."
+    )
+    use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling alpha / sqrt(r).")
+    train_projector: bool = _f(True, "Train the audio->LLM projector fully (saved with the adapter).")
+    train_audio_encoder: bool = _f(False, "Train the audio encoder fully (large; off by default).")
+    init_adapter: str | None = _f(
+        None, "Start from an existing PEFT adapter dir (e.g. the SFT adapter before GRPO)."
+    )
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = _f("runs/train", "Run directory: adapter, processor, checkpoints, run_info.json.")
+    method: Literal["sft", "grpo"] = _f("sft", "sft -> train.recipe, grpo -> train.grpo.")
+    max_steps: int = _f(-1, "Optimizer steps (-1 = use num_train_epochs).")
+    num_train_epochs: float = _f(1.0, "Epochs when max_steps is -1.")
+    per_device_train_batch_size: int = _f(1, "Micro-batch per process.")
+    per_device_eval_batch_size: int = _f(1, "Validation micro-batch per process.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    learning_rate: float = _f(1e-4, "Peak learning rate.")
+    lr_scheduler_type: str = _f("cosine", "cosine | linear | constant | constant_with_warmup | ...")
+    warmup_ratio: float = _f(0.03, "Share of steps spent warming up linearly.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    optim: str = _f("adamw_torch", "HF optimizer name (DeepSpeed's JSON may override it).")
+    bf16: bool = _f(False, "bf16 mixed precision (GPUs); false = fp32.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations to save memory.")
+    group_by_length: bool = _f(True, "Batch samples of similar token length (less padding).")
+    logging_steps: int = _f(10, "Log train/loss every N steps.")
+    eval_steps: int | None = _f(None, "Validation loss every N steps (null = only at the end).")
+    save_steps: int = _f(500, "Checkpoint every N steps.")
+    save_total_limit: int | None = _f(3, "Keep at most N checkpoints.")
+    seed: int = _f(0, "Seed for init, shuffling and dropout.")
+    deepspeed: str | None = _f(None, "Path to a DeepSpeed JSON (configs/deepspeed/zero2.json ...).")
+    resume_from_checkpoint: str | None = _f(
+        None, "'latest' (newest checkpoint-* in output_dir), a checkpoint path, or null."
+    )
+    dataloader_num_workers: int = _f(0, "DataLoader worker processes (audio decoding runs there).")
+
+
+@dataclass
+class GRPOConfig:
+    num_generations: int = _f(4, "Completions sampled per prompt (the group).")
+    temperature: float = _f(1.0, "Sampling temperature for rollouts.")
+    top_p: float = _f(1.0, "Nucleus sampling for rollouts.")
+    beta: float = _f(0.0, "KL coefficient against the reference model (0 = no reference model).")
+    max_completion_length: int = _f(256, "Max new tokens per rollout.")
+    reward_weights: dict[str, float] = _f(
+        {"accuracy": 1.0, "format": 0.2, "length": 0.0}, "Weight per reward function (train/rewards.py)."
+    )
+    thinking_budget_tokens: int = _f(200, "Thinking length above which the length reward penalises.")
+    length_penalty: float = _f(0.0, "Penalty per token over thinking_budget_tokens.")
+    log_completions_every: int = _f(50, "Log sample completions every N steps (0 = never).")
+
+
+@dataclass
+class WandbConfig:
+    report_to: Literal["wandb", "none"] = _f("none", "wandb = log to Weights & Biases (rank 0 only).")
+    project: str = _f("audio-reasoning-tuner", "W&B project.")
+    run_name: str | None = _f(None, "W&B run name (null = output_dir's name).")
+    tags: list[str] = _f([], "W&B tags.")
+    mode: Literal["auto", "online", "offline"] = _f(
+        "auto", "auto = online when credentials and the W&B host are reachable, else offline."
+    )
+    wandb_dir: str | None = _f(None, "Where W&B writes its run folder (null = output_dir).")
+    log_adapter_artifact: bool = _f(False, "Upload the final adapter as a W&B artifact.")
+
+
+@dataclass
+class EvalAtEndConfig:
+    enabled: bool = _f(False, "Run eval.run on the adapter after training.")
+    split: str = _f("test", "Split of dataset_dir to evaluate.")
+    max_new_tokens: int = _f(256, "Generation length for the eval.")
+    batch_size: int = _f(8, "Eval generation batch size.")
+    limit: int | None = _f(None, "Evaluate only the first N items.")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    eval_at_end: EvalAtEndConfig = field(default_factory=EvalAtEndConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    """Cross-field checks the type system cannot express; a bad value fails before any model loads."""
+    t = cfg.training
+    if t.max_steps == 0 or t.max_steps < -1:
+        raise ConfigError(f"training.max_steps must be -1 or > 0, got {t.max_steps}")
+    if t.per_device_train_batch_size < 1 or t.gradient_accumulation_steps < 1:
+        raise ConfigError("training batch size and gradient_accumulation_steps must be >= 1")
+    if t.bf16 and cfg.model.dtype == "float16":
+        raise ConfigError("bf16 training with float16 weights: set model.dtype to bfloat16 or float32")
+    unknown = sorted(set(cfg.grpo.reward_weights) - {"accuracy", "format", "length"})
+    if unknown:
+        raise ConfigError(
+            f"grpo.reward_weights: unknown reward(s) {unknown}; known: accuracy, format, length"
+        )
+    for name, w in cfg.grpo.reward_weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise ConfigError(f"grpo.reward_weights.{name}: expected a number, got {w!r}")
+    if cfg.lora.r < 1:
+        raise ConfigError(f"lora.r must be >= 1, got {cfg.lora.r}")
+
+
+def load_config(argv: list[str]) -> TrainConfig:
+    """Parse `--config x.yaml` plus `--key value` overrides into a TrainConfig."""
+    return parse_config(TrainConfig, argv)

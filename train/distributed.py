@@ -1,0 +1,72 @@
+"""Process-level plumbing for `train.py`: rendezvous variables, CPU threads, and a clean exit.
+
+Kept out of the recipe because it is about how the process was launched, not about training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launched_by_launcher() -> bool:
+    """True under `deepspeed`, `torchrun` or SLURM-style launchers that export the rank variables."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup_env(uses_deepspeed: bool) -> None:
+    """Prepare the environment before torch is imported.
+
+    - Plain `python train.py` with a DeepSpeed config: DeepSpeed finds no rank variables and falls
+      back to MPI discovery, which fails with "No module named 'mpi4py'". We fill in a
+      single-process rendezvous (rank 0 of 1 on a free local port) instead.
+    - CPU threads: N ranks on one host each default to all cores (accelerate sets 2 on a 2-core box),
+      which oversubscribes the cores and made steps 3x slower with 2 ranks on 2 cores. Each rank
+      gets cores // local ranks, unless the user set OMP_NUM_THREADS.
+    """
+    if uses_deepspeed and not launched_by_launcher():
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if "OMP_NUM_THREADS" not in os.environ:
+        local = (
+            os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or os.environ.get("WORLD_SIZE")
+        )
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // max(1, int(local or 1))))
+
+
+def finish_and_exit(code: int = 0) -> None:
+    """Tear down the process group and leave without running C++ static destructors.
+
+    A rank sometimes aborted at interpreter exit with "terminate called without an active
+    exception" (launcher rc -6, ~1 run in 10-30) after training had finished: a gloo/DeepSpeed
+    thread was still alive while static destructors ran. Destroying the process group and
+    `os._exit` after flushing removed it. Everything worth keeping (adapter, W&B run) is already
+    closed by the recipe when we get here; it also ended with a barrier after saving, so no peer
+    still needs a collective (rank 0 may still be running the eval at end, alone).
+    """
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception as e:  # exiting anyway; a teardown error must not turn success into failure
+        logger.warning("process group teardown failed: %s", e)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

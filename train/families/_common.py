@@ -1,0 +1,233 @@
+"""Helpers shared by the family modules: messages, chat templates, tokenizers, dtypes.
+
+Private (leading underscore): `list_families()` skips it. A new family may use these helpers or not;
+nothing here knows about a particular model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+# Qwen2's regular BPE vocabulary has 151,643 entries; the added (special) tokens follow it in this
+# order. Qwen2-Audio uses the first six; Qwen2.5-Omni the full Qwen2.5 list of 22, where the
+# object-ref/box slots were renamed to audio and vision tokens.
+QWEN2_AUDIO_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|AUDIO|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+]
+QWEN2_5_OMNI_SPECIALS = QWEN2_AUDIO_SPECIALS + [
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_bos|>",
+    "<|vision_eos|>",
+    "<|vision_pad|>",
+    "<|IMAGE|>",
+    "<|VIDEO|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+]
+AUDIO_TOKENS = {
+    "audio_token": "<|AUDIO|>",
+    "audio_bos_token": "<|audio_bos|>",
+    "audio_eos_token": "<|audio_eos|>",
+}
+
+# Text the fallback tokenizer learns its merges from (only used when ../shared has no Qwen2 files).
+# Byte-level BPE can encode any string; the corpus only decides which strings get short encodings.
+_FALLBACK_CORPUS = [
+    "You are a helpful assistant.",
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
+    "auditory and visual inputs, as well as generating text and speech.",
+    "system user assistant Audio 1: Question: Choices: Answer: The answer is",
+    "Which tone is higher, the first or the second? Which sound is louder? How many beats are there?",
+    "Listen to the audio and answer the question. Think step by step, then give the letter.",
+    "first second third fourth higher lower louder quieter faster slower longer shorter same different",
+    "A B C D E F (A) (B) (C) (D) A. B. C. D. yes no true false left right up down",
+    "0 1 2 3 4 5 6 7 8 9 10 100 1000 Hz kHz seconds tone tones pitch beat beats noise speech music sound",
+    "the a an of to in is are was were it this that with for on as by at from and or not but be",
+    "<think> </think> Reasoning: Therefore, so the answer is",
+]
+
+
+def normalize_messages(messages: list[dict]) -> list[dict]:
+    """Rewrite sample messages into the block shapes every Qwen chat template recognises.
+
+    Blocks are identified by their `type` only: after a `datasets` round trip a text block also
+    carries `path=None` (and an audio block `text=None`), and the hub templates test for the mere
+    presence of keys such as `'audio_url' in content` or `'text' in content`.
+    """
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            out.append({"role": message["role"], "content": content})
+            continue
+        blocks = []
+        for block in content:
+            kind = block.get("type")
+            if kind == "audio":
+                blocks.append({"type": "audio", "audio_url": block.get("path") or block.get("audio") or ""})
+            elif kind == "text":
+                blocks.append({"type": "text", "text": block.get("text") or ""})
+            else:
+                raise ValueError(f"unsupported content block type {kind!r} in a {message['role']} message")
+        out.append({"role": message["role"], "content": blocks})
+    return out
+
+
+def render_chat(
+    processor: Any, messages: list[dict], *, add_generation_prompt: bool, default_template: str
+) -> str:
+    """Render messages with the processor's own chat template (the checkpoint's), else the default."""
+    template = getattr(processor, "chat_template", None) or default_template
+    return processor.apply_chat_template(
+        normalize_messages(messages),
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+    )
+
+
+def torch_dtype(dtype: Any) -> Any:
+    """Accept a torch.dtype, "auto", or a name like "bf16"/"bfloat16"/"float32"."""
+    import torch
+
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {
+        "bf16": "bfloat16",
+        "fp16": "float16",
+        "half": "float16",
+        "fp32": "float32",
+        "float": "float32",
+    }
+    name = aliases.get(str(dtype), str(dtype))
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use bfloat16, float16, float32 or auto")
+    return value
+
+
+def _train_fallback_bpe(folder: Path, vocab_size: int = 1024) -> int:
+    """Train a small byte-level BPE with Qwen2's pre-tokenizer; returns its regular vocab size."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(_FALLBACK_CORPUS * 4, trainer=trainer)
+    tok.model.save(str(folder))  # writes vocab.json and merges.txt
+    return tok.get_vocab_size()
+
+
+def build_qwen2_tokenizer(folder: Path, specials: list[str], named_tokens: dict[str, str]) -> Any:
+    """Write a Qwen2 tokenizer folder and load it with AutoTokenizer.
+
+    Uses the real Qwen2 vocab/merges from `../shared/tokenizers/qwen2` when present, else a small
+    byte-level BPE trained here. The added tokens follow the regular vocab in the real order, so with
+    the real files their ids are the real ids (151643...). transformers 5.x ignores
+    `vocab_file=`/`merges_file=` passed to Qwen2TokenizerFast, hence the folder + AutoTokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    from common.paths import shared_qwen2_tokenizer_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shared = shared_qwen2_tokenizer_dir()
+    if shared is not None:
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(shared / name, folder / name)
+        base = len(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
+    else:
+        base = _train_fallback_bpe(folder)
+    added = {
+        str(base + i): {
+            "content": t,
+            "special": True,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "single_word": False,
+        }
+        for i, t in enumerate(specials)
+    }
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "added_tokens_decoder": added,
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "extra_special_tokens": named_tokens,
+        "model_max_length": 32768,
+        "errors": "replace",
+        "split_special_tokens": False,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    for i, token in enumerate(specials):
+        got = tokenizer.convert_tokens_to_ids(token)
+        if got != base + i:
+            raise RuntimeError(f"tokenizer built with {token}={got}, expected {base + i}")
+    return tokenizer
+
+
+def padded_vocab_size(tokenizer: Any, multiple: int = 64) -> int:
+    """Embedding rows for a tokenizer, rounded up like the real checkpoints (156032, 152064)."""
+    n = len(tokenizer)
+    return (n + multiple - 1) // multiple * multiple
+
+
+def generation_config_for(tokenizer: Any) -> Any:
+    """Greedy by default; stop on <|im_end|> (and <|endoftext|>), pad with <|endoftext|>."""
+    from transformers import GenerationConfig
+
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=eot, do_sample=False)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def from_pretrained_kwargs(dtype: Any, attn_implementation: str | None, trust_remote_code: bool) -> dict:
+    """Common `from_pretrained` kwargs: safetensors only (never pickle), explicit dtype."""
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(dtype),
+        "use_safetensors": True,
+        "trust_remote_code": trust_remote_code,
+    }
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs

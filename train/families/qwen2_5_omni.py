@@ -1,0 +1,301 @@
+"""Qwen2.5-Omni (7B / 3B), thinker only: the audio/vision-in, text-out half of the model.
+
+Module layout in transformers 5.23 (`Qwen2_5OmniThinkerForConditionalGeneration`):
+  model.audio_tower          Qwen2_5OmniAudioEncoder (q/k/v/out_proj; ends in ln_post + `proj`)
+  model.audio_tower.proj     Linear(d_model -> LLM hidden): the audio projector
+  model.visual               vision encoder (unused here; its MLP also has gate/up/down_proj)
+  model.language_model       Qwen2.5 text model (layers.N.self_attn.*_proj, layers.N.mlp.*_proj)
+  lm_head
+Audio: 16 kHz, 128 mel bins, up to 300 s (the encoder works in 2 s chunks on the unpadded frames);
+25 `<|AUDIO|>` tokens per second, with <|audio_bos|>/<|audio_eos|> around them and no "Audio N:" label.
+
+Loading a full Omni checkpoint (config.json `model_type: qwen2_5_omni`, weights `thinker.*`,
+`talker.*`, `token2wav.*`): `load_model` reads the top config, keeps `thinker_config`, and builds only
+`Qwen2_5OmniThinkerForConditionalGeneration` from the same repo; transformers' checkpoint conversion
+for that class strips the `thinker.` prefix, and talker/token2wav tensors are reported as unused
+keys and never materialised. The talker is never built.
+
+Processor: transformers' `Qwen2_5OmniProcessor` insists on an image and a video processor, and the
+video processor imports torchvision, which breaks this environment. `Qwen2_5OmniAudioProcessor`
+below is the same class restricted to a feature extractor + tokenizer: it inherits the real audio
+path unchanged (pad each clip to the extractor's window, `<|AUDIO|>` repeated
+((L - 1) // 2 + 1 - 2) // 2 + 1 times for L valid mel frames), so a real checkpoint's files load into
+it without torchvision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from train.families import _common
+
+NAME = "qwen2_5_omni"
+MODEL_CLASS = "Qwen2_5OmniThinkerForConditionalGeneration"
+MODEL_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker")
+HUB_ID_PATTERN = r"qwen2\.?5[-_]?omni"
+SYSTEM_PROMPT = (
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
+    "auditory and visual inputs, as well as generating text and speech."
+)
+SAMPLING_RATE = 16000
+# `language_model` excludes both the audio encoder (q/k/v_proj) and the vision encoder (gate/up/down_proj).
+LORA_TARGET_REGEX = (
+    r".*\.language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
+)
+AUDIO_ENCODER = "model.audio_tower"
+PROJECTOR = "model.audio_tower.proj"  # inside the encoder: unfreeze it after freezing AUDIO_ENCODER
+LLM = "model.language_model"
+
+# Qwen2.5-Omni-7B's chat_template.json (also the template in transformers' processor tests).
+CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
+    "{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+    "{% set audio_count.value = audio_count.value + 1 %}{% if add_audio_id %}Audio {{ audio_count.value }}: "
+    "{% endif %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+TINY_WINDOW_SECONDS = 10  # the real extractor pads to 300 s; 10 s keeps tiny batches small
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+TINY_AUDIO = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128}
+TINY_VISION = {
+    "depth": 1,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "fullatt_block_indexes": [0],
+}
+OMNI_TOKENS = {
+    **_common.AUDIO_TOKENS,
+    "image_token": "<|IMAGE|>",
+    "video_token": "<|VIDEO|>",
+    "vision_bos_token": "<|vision_bos|>",
+    "vision_eos_token": "<|vision_eos|>",
+}
+
+_PROCESSOR_CLASS = None
+
+
+def processor_class() -> type:
+    """`Qwen2_5OmniAudioProcessor`: Qwen2_5OmniProcessor with only a feature extractor and a tokenizer.
+
+    Built lazily so importing this module stays free of transformers.
+    """
+    global _PROCESSOR_CLASS
+    if _PROCESSOR_CLASS is not None:
+        return _PROCESSOR_CLASS
+    from transformers import Qwen2_5OmniProcessor
+
+    class Qwen2_5OmniAudioProcessor(Qwen2_5OmniProcessor):
+        """Audio + text only. ProcessorMixin derives its sub-processors from this signature."""
+
+        def __init__(self, feature_extractor=None, tokenizer=None, chat_template=None):
+            # Skip Qwen2_5OmniProcessor.__init__ (it passes image/video processors positionally).
+            super(Qwen2_5OmniProcessor, self).__init__(
+                feature_extractor, tokenizer, chat_template=chat_template
+            )
+            tok = self.tokenizer
+            for attr, default in OMNI_TOKENS.items():
+                setattr(self, attr, getattr(tok, attr, None) or default)
+            self.audio_token_id = tok.convert_tokens_to_ids(self.audio_token)
+            self.image_token_id = tok.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tok.convert_tokens_to_ids(self.video_token)
+
+        @property
+        def model_input_names(self) -> list[str]:
+            names = self.tokenizer.model_input_names + self.feature_extractor.model_input_names
+            return list(dict.fromkeys([*names, "feature_attention_mask"]))
+
+    Qwen2_5OmniAudioProcessor.__module__ = __name__
+    _PROCESSOR_CLASS = Qwen2_5OmniAudioProcessor
+    return _PROCESSOR_CLASS
+
+
+def thinker_config(name_or_path: str, *, trust_remote_code: bool = False) -> Any:
+    """The thinker's config, from either a full Omni checkpoint or a thinker-only one."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if config.model_type == "qwen2_5_omni":
+        config = config.thinker_config
+    if config.model_type != "qwen2_5_omni_thinker":
+        raise ValueError(f"{name_or_path}: model_type {config.model_type!r} is not a Qwen2.5-Omni checkpoint")
+    return config
+
+
+def load_model(
+    name_or_path: str, *, dtype: Any, attn_implementation: str | None = None, trust_remote_code: bool = False
+) -> Any:
+    """Load only the thinker (safetensors) from a full Omni checkpoint or a thinker-only folder."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    config = thinker_config(name_or_path, trust_remote_code=trust_remote_code)
+    kwargs = _common.from_pretrained_kwargs(dtype, attn_implementation, trust_remote_code)
+    return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(name_or_path, config=config, **kwargs)
+
+
+def load_processor(name_or_path: str, *, trust_remote_code: bool = False) -> Any:
+    """Audio+text processor from the checkpoint's feature extractor and tokenizer (no torchvision)."""
+    from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    feature_extractor = WhisperFeatureExtractor.from_pretrained(name_or_path)
+    chat_template = getattr(tokenizer, "chat_template", None)
+    processor = processor_class()(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    processor.chat_template = _read_chat_template(name_or_path) or chat_template or CHAT_TEMPLATE
+    return processor
+
+
+def _read_chat_template(name_or_path: str) -> str | None:
+    """chat_template.jinja / chat_template.json of a local folder or a cached hub repo."""
+    import json
+
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = cached_file(name_or_path, name, _raise_exceptions_for_missing_entries=False)
+        if path:
+            text = Path(path).read_text(encoding="utf-8")
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None
+
+
+def max_audio_seconds(processor: Any) -> float:
+    """The feature extractor's window (300 s for the real model); longer clips are cut."""
+    fe = processor.feature_extractor
+    return fe.n_samples / fe.sampling_rate
+
+
+def render(processor: Any, messages: list[dict], *, add_generation_prompt: bool) -> str:
+    """Prompt text in Omni's ChatML layout: `<|audio_bos|><|AUDIO|><|audio_eos|>` then the user text."""
+    return _common.render_chat(
+        processor, messages, add_generation_prompt=add_generation_prompt, default_template=CHAT_TEMPLATE
+    )
+
+
+def encode(
+    processor: Any, texts: list[str], audios: list[Any] | None, *, padding_side: str
+) -> dict[str, Any]:
+    """Tokenize + extract 16 kHz features; returns input_ids, attention_mask and, with audio,
+    input_features (B, 128, window frames) and feature_attention_mask."""
+    kwargs: dict[str, Any] = {
+        "text": texts,
+        "return_tensors": "pt",
+        "padding": True,
+        "padding_side": padding_side,
+    }
+    if audios:
+        kwargs["audio"] = list(audios)
+        kwargs["sampling_rate"] = SAMPLING_RATE
+    return dict(processor(**kwargs))
+
+
+def _tiny_processor(out_dir: Path) -> Any:
+    from transformers import WhisperFeatureExtractor
+
+    tokenizer = _common.build_qwen2_tokenizer(
+        out_dir / "_tokenizer_src", _common.QWEN2_5_OMNI_SPECIALS, OMNI_TOKENS
+    )
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=128,
+        sampling_rate=SAMPLING_RATE,
+        hop_length=160,
+        n_fft=400,
+        chunk_length=TINY_WINDOW_SECONDS,
+        padding_value=0.0,
+        return_attention_mask=True,
+    )
+    return processor_class()(
+        feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    )
+
+
+def tiny_config(tokenizer: Any) -> Any:
+    """A 2-layer, 64-wide thinker config whose special-token ids come from `tokenizer`."""
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    eot = ids("<|endoftext|>")
+    head_dim = TINY_TEXT["hidden_size"] // TINY_TEXT["num_attention_heads"]
+    text = {
+        "vocab_size": _common.padded_vocab_size(tokenizer),
+        "max_position_embeddings": 4096,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": _mrope(head_dim),
+        },
+        "bos_token_id": eot,
+        "eos_token_id": ids("<|im_end|>"),
+        "pad_token_id": eot,
+        "tie_word_embeddings": False,
+        **TINY_TEXT,
+    }
+    audio = {
+        "num_mel_bins": 128,
+        "n_window": 100,
+        "max_source_positions": 1500,
+        "output_dim": TINY_TEXT["hidden_size"],
+        **TINY_AUDIO,
+    }
+    vision = {"out_hidden_size": TINY_TEXT["hidden_size"], **TINY_VISION}
+    return Qwen2_5OmniThinkerConfig(
+        audio_config=audio,
+        vision_config=vision,
+        text_config=text,
+        audio_token_index=ids("<|AUDIO|>"),
+        image_token_index=ids("<|IMAGE|>"),
+        video_token_index=ids("<|VIDEO|>"),
+        audio_start_token_id=ids("<|audio_bos|>"),
+        audio_end_token_id=ids("<|audio_eos|>"),
+        vision_start_token_id=ids("<|vision_bos|>"),
+        vision_end_token_id=ids("<|vision_eos|>"),
+        user_token_id=tokenizer("user", add_special_tokens=False)["input_ids"][0],  # unused by the thinker
+        pad_token_id=eot,
+        tie_word_embeddings=False,
+    )
+
+
+def _mrope(head_dim: int) -> list[int]:
+    """Split head_dim/2 rotary frequencies over (t, h, w) in the real 16:24:24 proportion."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def make_tiny(out_dir: str | Path, *, seed: int = 0) -> None:
+    """Save a randomly initialised tiny Omni thinker + processor to `out_dir`, then reload it through
+    `load_model`/`load_processor` as a check."""
+    import shutil
+
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor = _tiny_processor(out_dir)
+    _common.seed_everything(seed)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_config(processor.tokenizer))
+    model.generation_config = _common.generation_config_for(processor.tokenizer)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    shutil.rmtree(out_dir / "_tokenizer_src")
+    load_model(str(out_dir), dtype="float32")
+    load_processor(str(out_dir))

@@ -1,0 +1,372 @@
+"""GRPO recipe: reinforce an audio LLM with verifiable rewards (accuracy + format [+ length]).
+
+Reads top to bottom, the order a run happens in:
+  1. processor and model     (the family module, as in the SFT recipe)
+  2. LoRA                    (fresh, or continue the SFT adapter `lora.init_adapter`: SFT -> GRPO)
+  3. prompts                 (data_prep's rendered user turn, `messages[:-1]`; the answer stays a column)
+  4. rewards                 (train/rewards.py, weights from `grpo.reward_weights`)
+  5. trainer                 (AudioGRPOTrainer: trl's GRPOTrainer carrying the audio, see below)
+  6. train                   (resume from `latest` or a checkpoint path)
+  7. save                    (PEFT adapter, processor, run_config.yaml, run_info.json, trainer_state)
+  8. eval at end (optional)  (eval.run on the saved adapter)
+Entry point: `train.py` with `training.method: grpo`
+(`deepspeed --num_gpus 2 train.py --config configs/tiny/grpo.yaml`).
+
+Why a subclass of trl's GRPOTrainer at all (trl 1.16, measured): the stock trainer generates with
+the audio, but its log-prob forward (`_get_per_token_logps_and_entropies`) only forwards image
+inputs, so the policy, old and reference log-probs, hence the loss, are computed without the audio,
+silently. Its `__init__` also reads `model.config.image_token_id`, which Qwen2-Audio lacks.
+`AudioGRPOTrainer` is the smallest adaptation we found; see its docstring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from transformers import Trainer
+from trl import GRPOConfig, GRPOTrainer
+
+from common.config import to_yaml
+from common.io import atomic_write_json, atomic_write_text
+from common.logging_utils import is_main_process
+from train import recipe, tracking
+from train.collator import encode_prompts
+from train.config import TrainConfig
+from train.rewards import completion_text, reward_functions
+
+logger = logging.getLogger(__name__)
+
+# What the audio models take besides token ids: one row per prompt (hence per completion).
+AUDIO_KEYS = ("input_features", "feature_attention_mask")
+
+
+def main(cfg: TrainConfig) -> Path:
+    """Run one GRPO job end to end; returns the output dir holding the adapter."""
+    from transformers import set_seed
+
+    out = Path(cfg.training.output_dir)
+    set_seed(cfg.training.seed)
+
+    # 1. processor and model
+    family = recipe.resolve_family(cfg)
+    processor = family.load_processor(cfg.model.model_name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+    model = family.load_model(
+        cfg.model.model_name_or_path,
+        dtype=cfg.model.dtype,
+        attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+
+    # 2. LoRA: the SFT recipe's helper (fresh adapter, or `lora.init_adapter` continued)
+    model = recipe.add_lora(model, family, cfg.lora)
+
+    # 3. prompts: the user turn data_prep rendered; `choices`/`answer_index` ride along for rewards
+    manifest = recipe.read_manifest(cfg.data)
+    recipe.check_dataset_family(manifest, family)
+    train_ds, skipped = recipe.load_split(
+        cfg.data, cfg.data.train_split, family, processor, cfg.data.max_train_samples
+    )
+    train_ds = with_prompts(train_ds)
+
+    # 4. rewards
+    reward_funcs, weights = reward_functions(
+        cfg.grpo.reward_weights,
+        thinking_budget=cfg.grpo.thinking_budget_tokens,
+        length_penalty_per_unit=cfg.grpo.length_penalty,
+        count=functools.partial(count_tokens, processor.tokenizer),
+    )
+
+    # 5. trainer (+ tracking: W&B on rank 0)
+    run_info = recipe.build_run_info(cfg, family, manifest, train_ds, skipped)
+    recipe.write_run_files(out, cfg, run_info)
+    wandb_mode = tracking.start_run(cfg, run_info)
+    trainer = AudioGRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=grpo_args(cfg, weights),
+        train_dataset=train_ds,
+        processing_class=processor,
+        callbacks=tracking.tracking_callbacks(cfg, wandb_mode),
+        family=family,
+        log_completions_every=cfg.grpo.log_completions_every,
+    )
+
+    # 6. train
+    result = trainer.train(resume_from_checkpoint=recipe.resolve_resume(cfg.training))
+    final = {f"train/{k}": v for k, v in result.metrics.items()}
+
+    # 7. save
+    save_run(trainer, cfg, run_info, final)
+
+    # 8. eval at end (rank 0, on the saved adapter)
+    recipe.free_trainer(trainer)
+    if cfg.eval_at_end.enabled and is_main_process():
+        tracking.log_metrics(recipe.eval_at_end(cfg, family, out))
+    tracking.finish_run(cfg, out)
+    return out
+
+
+# 3. prompts -------------------------------------------------------------------------------------
+
+
+def with_prompts(ds: Any) -> Any:
+    """Add trl's `prompt` column: the conversation up to the assistant turn (`messages[:-1]`).
+
+    The assistant turn (the SFT target) is never shown to the policy; the correct option reaches
+    the reward functions only through the `answer_index` column.
+    """
+    return ds.map(lambda row: {"prompt": row["messages"][:-1]}, desc="prompts")
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens of `text` (the thinking budget is in the model's tokens, not words)."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# 5. trainer -------------------------------------------------------------------------------------
+
+
+def grpo_args(cfg: TrainConfig, reward_weights: list[float], **overrides: Any) -> GRPOConfig:
+    """trl.GRPOConfig from our config; trl's defaults that bite (bf16, checkpointing) set explicitly.
+
+    `overrides` go to GRPOConfig as they are (trl knobs the YAML does not expose, e.g.
+    `steps_per_generation`, `loss_type`).
+    """
+    t, g = cfg.training, cfg.grpo
+    kwargs: dict[str, Any] = dict(
+        output_dir=t.output_dir,
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        bf16=t.bf16,
+        fp16=False,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        deepspeed=t.deepspeed,
+        dataloader_num_workers=t.dataloader_num_workers,
+        report_to="none",  # W&B is logged by train.tracking (rank 0, namespaced keys)
+        run_name=cfg.wandb.run_name or Path(t.output_dir).name,
+        remove_unused_columns=False,  # rewards need choices/answer_index; prompts need messages
+        # GRPO proper
+        num_generations=g.num_generations,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        beta=g.beta,
+        max_completion_length=g.max_completion_length,
+        reward_weights=reward_weights,
+        log_completions=False,  # the completions table is ours (AudioGRPOTrainer.log), W&B rank 0
+    )
+    return GRPOConfig(**{**kwargs, **overrides})
+
+
+@contextlib.contextmanager
+def _image_token_stand_in(config: Any, token_id: int) -> Iterator[None]:
+    """Give a config without `image_token_id` one for the duration of trl's __init__.
+
+    trl reads it once, to suppress sampling of that placeholder; for an audio-only model the
+    placeholder that must never be sampled is the audio token, so that is the stand-in. The
+    attribute is removed again so nothing else (a saved config) ever sees it.
+    """
+    if getattr(config, "image_token_id", None) is not None:
+        yield
+        return
+    config.image_token_id = token_id
+    try:
+        yield
+    finally:
+        del config.image_token_id
+
+
+class AudioGRPOTrainer(GRPOTrainer):
+    """trl's GRPOTrainer, adapted in the smallest way we found to carry audio into every forward.
+
+    Each completion's `input_features`/`feature_attention_mask` (one row per completion, as trl
+    repeats each prompt `num_generations` times) travel with it: into generation, into the old and
+    reference log-probs, and through trl's shuffle and split into the loss micro-batches.
+    Overridden, and why:
+    - `__init__`: stands in the audio token for the `model.config.image_token_id` trl reads (missing
+      on Qwen2-Audio) and adds the audio token to the suppressed tokens of generation.
+    - `_generate_and_score_completions`: encodes the generation batch once with the repo's
+      `encode_prompts` (the exact prompt tokens and features eval uses), exposes its audio to the
+      old/reference log-prob forwards trl runs inside, and attaches it to the returned batch.
+    - `_tokenize_prompts`: hands that encoding to trl's generation instead of re-running the
+      processor's chat template (which would test block keys, not types, and load audio its own way).
+    - `_compute_loss`: exposes the micro-batch's audio to the policy forward.
+    - `_get_per_token_logps_and_entropies`: trl's chunked loop with the image branches replaced by
+      slicing the audio rows; it raises if asked to score a batch without its audio.
+    - `log`: a W&B table of sample completions with their rewards every `log_completions_every` steps.
+    trl's `_compute_loss` and `_generate_and_score_completions` bodies are long and change between
+    releases, so the audio reaches the log-prob forwards through `self._audio` (set for exactly the
+    duration of those two calls) rather than through copies of them.
+    """
+
+    def __init__(self, *args: Any, family: ModuleType, log_completions_every: int = 0, **kwargs: Any):
+        self.family = family
+        self.log_completions_every = log_completions_every
+        self._audio: dict[str, torch.Tensor] | None = None
+        self._prompt_batch: dict[str, torch.Tensor] | None = None
+        self._table_step = -1
+        processor = kwargs["processing_class"]
+        audio_token_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
+        with _image_token_stand_in(kwargs["model"].config, audio_token_id):
+            super().__init__(*args, **kwargs)
+        suppress = sorted({audio_token_id, *(self.generation_kwargs.get("suppress_tokens") or [])})
+        self.generation_kwargs["suppress_tokens"] = suppress
+        self.generation_config.suppress_tokens = suppress
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = encode_prompts(self.family, self.processing_class, inputs)
+        # The HF Trainer's placement (device, and DeepSpeed's dtype for float tensors); GRPOTrainer
+        # overrides `_prepare_inputs` with its generation buffer, hence the explicit base class.
+        batch = Trainer._prepare_inputs(self, batch)
+        self._prompt_batch = batch
+        self._audio = {k: batch[k] for k in AUDIO_KEYS}
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._prompt_batch, audio, self._audio = None, self._audio, None
+        output.update(audio)  # per-row tensors: trl shuffles and splits them with the completions
+        return output
+
+    def _tokenize_prompts(self, prompts: list) -> tuple[list[list[int]], None, dict[str, torch.Tensor]]:
+        batch = self._prompt_batch
+        if batch is None or batch["input_ids"].size(0) != len(prompts):
+            raise RuntimeError("prompts must be encoded by _generate_and_score_completions first")
+        # trl re-pads the prompt ids itself; drop encode_prompts' left padding
+        ids = [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        return ids, None, {k: batch[k] for k in AUDIO_KEYS}
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        self._audio = {k: inputs[k] for k in AUDIO_KEYS}
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._audio = None
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int,
+        batch_size: int | None = None,
+        compute_entropy: bool = False,
+        compute_aux_loss: bool = False,
+        **image_inputs: Any,  # trl's image kwargs: always None for audio prompts
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        audio = self._audio
+        if audio is None or audio["input_features"].size(0) != input_ids.size(0):
+            raise RuntimeError("log-probs requested without the batch's audio; the loss would ignore it")
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies, aux_losses = [], [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            ids, mask = input_ids[start:end], attention_mask[start:end]
+            # Only the completion tokens are scored
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-logits_to_keep] = -100
+            extra = {"output_router_logits": True} if compute_aux_loss else {}
+            with self.accelerator.autocast():
+                out = model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    **{k: v[start:end] for k, v in audio.items()},
+                    labels=labels,
+                    fused_lm_head=True,  # trl's patched head: per-token log-probs, no full logits
+                    **extra,
+                )
+            logps.append(out.log_probs[:, -logits_to_keep:])
+            if compute_entropy:
+                entropies.append(out.entropy[:, -logits_to_keep:])
+            if compute_aux_loss:
+                aux_losses.append(out.aux_loss)
+        return (
+            torch.cat(logps, dim=0),
+            torch.cat(entropies, dim=0) if compute_entropy else None,
+            torch.stack(aux_losses).mean() if compute_aux_loss else None,
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        step = self.state.global_step
+        every = self.log_completions_every
+        if every and step % every == 0 and step != self._table_step and self.accelerator.is_main_process:
+            self._table_step = step
+            log_completions_table(self._logs, self.reward_func_names, self.reward_weights.tolist(), step)
+        super().log(logs, start_time)
+
+
+def _prompt_question(prompt: list[dict]) -> str:
+    """The user's text (the question with its options) from a prompt conversation."""
+    for message in reversed(prompt):
+        if message["role"] == "user":
+            return completion_text([message])
+    return ""
+
+
+def log_completions_table(logs: dict, reward_names: list[str], weights: list[float], step: int) -> None:
+    """`train/completions` W&B table: the latest generation batch with each reward and the total."""
+    import wandb
+
+    if wandb.run is None:
+        return
+    columns = ["step", "prompt", "completion", *reward_names, "reward", "advantage"]
+    rows = []
+    for i, (prompt, completion) in enumerate(zip(logs["prompt"], logs["completion"])):
+        per_func = [logs["rewards"][name][i] for name in reward_names]
+        total = sum(w * r for w, r in zip(weights, per_func))
+        text = completion_text(completion)
+        rows.append([step, _prompt_question(prompt), text, *per_func, total, logs["advantages"][i]])
+    wandb.log({"train/completions": wandb.Table(columns=columns, data=rows)}, step=step)
+
+
+# 7. save ----------------------------------------------------------------------------------------
+
+
+def save_run(trainer: AudioGRPOTrainer, cfg: TrainConfig, run_info: dict, final: dict) -> None:
+    """Adapter + processor (all ranks enter: ZeRO-3 gathers), then run files on rank 0."""
+    import torch.distributed as dist
+
+    out = Path(cfg.training.output_dir)
+    trainer.save_model(str(out))  # PEFT format: adapter_config.json + adapter_model.safetensors
+    digests = recipe.all_ranks(recipe.trainable_digest(trainer.model))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks disagree on the trained weights: {digests}")
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(str(out))
+        trainer.save_state()  # trainer_state.json (log history: rewards, KL, lengths per step)
+        run_info.update(
+            status="complete",
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            global_step=trainer.state.global_step,
+            final_metrics=final,
+            adapter_digests=digests,
+            reward_functions=dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist())),
+        )
+        atomic_write_json(out / "run_info.json", run_info)
+        atomic_write_text(out / "run_config.yaml", to_yaml(cfg))
+        logger.info("saved adapter to %s (trainable sha256 %s)", out, digests[0][:12])
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # nobody leaves before the adapter is on disk
