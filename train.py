@@ -8,12 +8,14 @@ Also runs under `torchrun --nproc_per_node N train.py ...` and as plain `python 
 import sys
 
 from train.config import load_config
-from train.distributed import finish_and_exit, setup_env
+from train.distributed import finish_and_exit, setup_env, skip_cpu_shm_comm_op
 
 
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
     setup_env(uses_deepspeed=cfg.training.deepspeed is not None)  # before torch is imported
+    if cfg.training.deepspeed:
+        skip_cpu_shm_comm_op()
     from common.logging_utils import setup_logging
 
     setup_logging()

@@ -5,6 +5,7 @@ Kept out of the recipe because it is about how the process was launched, not abo
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -47,6 +48,24 @@ def setup_env(uses_deepspeed: bool) -> None:
         )
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // max(1, int(local or 1))))
+
+
+def skip_cpu_shm_comm_op() -> None:
+    """CPU-only DeepSpeed: do not JIT-build DeepSpeed's shared-memory comm op; gloo does the work.
+
+    DeepSpeed's CPU backend compiles a C++ op at init (`deepspeed_shm_comm built successfully`): ~3 min
+    the first time on 2 cores, and a C++ toolchain on the user's machine. On CPU its only use is a
+    faster all-reduce for inference; training collectives go through torch.distributed (gloo) either
+    way. Must run before DeepSpeed initialises its backend. No effect when a GPU is present.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    # importlib, not `import deepspeed.comm.torch as m`: `deepspeed.comm.torch` as an attribute is the
+    # torch package itself (deepspeed.comm imports it), so the alias would patch the wrong module.
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
+    ds_torch.build_shm_op = lambda: None
 
 
 def finish_and_exit(code: int = 0) -> None:

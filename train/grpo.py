@@ -57,7 +57,9 @@ def main(cfg: TrainConfig) -> Path:
 
     # 1. processor and model
     family = recipe.resolve_family(cfg)
-    processor = family.load_processor(cfg.model.model_name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+    processor = family.load_processor(
+        cfg.model.model_name_or_path, trust_remote_code=cfg.model.trust_remote_code
+    )
     model = family.load_model(
         cfg.model.model_name_or_path,
         dtype=cfg.model.dtype,
@@ -124,6 +126,21 @@ def with_prompts(ds: Any) -> Any:
     the reward functions only through the `answer_index` column.
     """
     return ds.map(lambda row: {"prompt": row["messages"][:-1]}, desc="prompts")
+
+
+def encode_once_per_prompt(family: ModuleType, processor: Any, rows: list[dict]) -> dict[str, torch.Tensor]:
+    """`encode_prompts` for a generation batch, decoding and featurising each distinct prompt once.
+
+    trl repeats every prompt `num_generations` times in a row; the rows are expanded back so the
+    result still has one row (ids and audio features) per completion.
+    """
+    keys = [row.get("id") for row in rows]
+    if None in keys:  # rows without ids (a hand-made dataset): no way to tell repeats apart
+        return encode_prompts(family, processor, rows)
+    unique = list(dict.fromkeys(keys))
+    batch = encode_prompts(family, processor, [rows[keys.index(k)] for k in unique])
+    index = torch.tensor([unique.index(k) for k in keys])
+    return {name: tensor[index] for name, tensor in batch.items()}
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:
@@ -238,7 +255,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         self.generation_config.suppress_tokens = suppress
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = encode_prompts(self.family, self.processing_class, inputs)
+        batch = encode_once_per_prompt(self.family, self.processing_class, inputs)
         # The HF Trainer's placement (device, and DeepSpeed's dtype for float tensors); GRPOTrainer
         # overrides `_prepare_inputs` with its generation buffer, hence the explicit base class.
         batch = Trainer._prepare_inputs(self, batch)

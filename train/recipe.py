@@ -72,7 +72,7 @@ def main(cfg: TrainConfig) -> Path:
         cfg.data, cfg.data.train_split, family, processor, cfg.data.max_train_samples
     )
     val_ds = None
-    if cfg.data.val_split and cfg.data.val_split in manifest.get("splits", {}):
+    if cfg.data.val_split and manifest.get("splits", {}).get(cfg.data.val_split, {}).get("count"):
         val_ds, _ = load_split(cfg.data, cfg.data.val_split, family, processor, cfg.data.max_val_samples)
 
     # 4. collator
@@ -89,7 +89,7 @@ def main(cfg: TrainConfig) -> Path:
     result = trainer.train(resume_from_checkpoint=resolve_resume(cfg.training))
     final = {f"train/{k}": v for k, v in result.metrics.items()}
     if val_ds is not None:
-        final.update(tracking.namespaced(trainer.evaluate()))
+        final.update(tracking.namespaced(last_eval(trainer) or trainer.evaluate()))
 
     # 7. save
     save_run(trainer, cfg, run_info, final, collator)
@@ -180,11 +180,21 @@ def add_lora(model: Any, family: ModuleType, lora: LoraConfig) -> Any:
 
 
 def assert_encoder_frozen(model: Any, family: ModuleType, lora: LoraConfig) -> None:
-    """A LoRA target regex that also hits the encoder (e.g. a bare q_proj list) trains it silently."""
+    """A LoRA target regex that also hits the encoder (e.g. a bare q_proj list) trains it silently.
+
+    The projector may live inside the encoder (Qwen2.5-Omni: `model.audio_tower.proj`); it is allowed.
+    """
     if lora.train_audio_encoder:
         return
-    encoder_key = family.AUDIO_ENCODER.split(".")[-1]
-    hit = [n for n, p in model.named_parameters() if p.requires_grad and f"{encoder_key}." in n]
+
+    def under(name: str, path: str) -> bool:
+        return f".{path}." in f".{name}"
+
+    hit = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and under(n, family.AUDIO_ENCODER) and not under(n, family.PROJECTOR)
+    ]
     if hit:
         raise ValueError(f"audio encoder parameters are trainable ({hit[:3]} ...): narrow lora.target_regex")
 
@@ -389,6 +399,14 @@ def resolve_resume(t: TrainingConfig) -> str | None:
     if not Path(value).is_dir():
         raise FileNotFoundError(f"resume_from_checkpoint: {value} is not a checkpoint directory")
     return value
+
+
+def last_eval(trainer: Any) -> dict | None:
+    """The eval logged at the final step, if the schedule already ran one (no second pass)."""
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            return entry if entry.get("step") == trainer.state.global_step else None
+    return None
 
 
 # 7. save ----------------------------------------------------------------------------------------

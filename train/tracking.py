@@ -11,12 +11,14 @@ the rank-0 rule explicit.
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
-import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,9 +34,8 @@ RUN_ID_FILE = "wandb_run_id.txt"
 _REACH_TIMEOUT_S = 2.0
 
 
-def _wandb_host() -> tuple[str, int]:
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+def _wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
 
 
 def _has_credentials(host: str) -> bool:
@@ -47,25 +48,36 @@ def _has_credentials(host: str) -> bool:
         return False
 
 
-def _reachable(host: str, port: int, timeout: float = _REACH_TIMEOUT_S) -> bool:
-    """TCP connect to the W&B host, bounded by `timeout` even when DNS itself would block.
+def _reachable(base_url: str, timeout: float = _REACH_TIMEOUT_S) -> bool:
+    """True when a W&B GraphQL endpoint answers at `base_url` within `timeout`.
 
     wandb 0.31 with an API key but no network blocks ~100 s in wandb.init before failing, so we
-    check first. The connect runs in a daemon thread so a stuck DNS lookup cannot hold us either.
+    ask first. A TCP connect is not enough: sandboxes and proxies accept connections (and answer
+    404 to everything) with no W&B behind them. A GraphQL server answers a POST with 200, or
+    400/401/403 when it dislikes the query or the missing key; anything else counts as unreachable.
+    The request runs in a daemon thread so a stuck DNS lookup cannot hold us either.
     """
-    ok: list[bool] = []
+    status: list[int] = []
+    request = urllib.request.Request(
+        f"{base_url}/graphql",
+        data=json.dumps({"query": "query { __typename }"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
 
     def probe() -> None:
         try:
-            with socket.create_connection((host, port), timeout=timeout):
-                ok.append(True)
-        except OSError:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status.append(response.status)
+        except urllib.error.HTTPError as e:
+            status.append(e.code)
+        except (OSError, ValueError):
             pass
 
     t = threading.Thread(target=probe, daemon=True)
     t.start()
     t.join(timeout + 0.5)
-    return bool(ok)
+    return bool(status) and status[0] in (200, 400, 401, 403)
 
 
 def resolve_wandb_mode(cfg: TrainConfig) -> str:
@@ -78,16 +90,15 @@ def resolve_wandb_mode(cfg: TrainConfig) -> str:
         return "offline" if env_mode == "dryrun" else env_mode
     if w.mode == "offline":
         return "offline"
-    host, port = _wandb_host()
-    if not _has_credentials(host):
+    url = _wandb_url()
+    if not _has_credentials(urlparse(url).hostname or "api.wandb.ai"):
         logger.warning("W&B: no credentials (WANDB_API_KEY or `wandb login`); logging offline.")
         return "offline"
-    if not _reachable(host, port):
+    if not _reachable(url):
         logger.warning(
-            "W&B: %s:%d not reachable within %.0f s; logging offline (wandb would otherwise block "
+            "W&B: %s did not answer within %.0f s; logging offline (wandb would otherwise block "
             "~100 s). Upload later with `wandb sync <run dir>`.",
-            host,
-            port,
+            url,
             _REACH_TIMEOUT_S,
         )
         return "offline"

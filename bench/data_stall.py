@@ -1,0 +1,128 @@
+"""Share of training step time spent waiting for the next batch, with the trainer's real loader.
+
+    python -m bench.data_stall [--quick]
+
+The run is the tiny CPU recipe (configs/tiny/cpu.yaml: batch 2, its `dataloader_num_workers`) built
+from train.recipe's own pieces (family loading, LoRA, `load_split`, `AudioChatCollator`,
+`build_trainer`) on a prepared synthetic dataset, in one process (the wait of one rank is what
+matters; DeepSpeed is left out so the loop is the HF Trainer's own). The collator decodes the audio
+and computes log-mel features in the loader, so that is where a stall would come from.
+
+Measurement: `Trainer.get_batch_samples` is the only place the training loop pulls batches from the
+dataloader, so the bench times every call to it. stall_frac = time inside it / wall time, over the
+optimizer steps after the first (the first pays one-off costs: worker start-up, lazy inits).
+Rows for other worker counts show what the `dataloader_num_workers` knob changes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench._common import emit, parse_args, print_table, synth_dataset, tiny_model, workdir
+from common.paths import REPO_ROOT
+
+RECIPE = REPO_ROOT / "configs" / "tiny" / "cpu.yaml"
+FULL = {"items": 300, "steps": 12, "workers": (0, 2)}
+QUICK = {"items": 60, "steps": 5, "workers": (0,)}
+
+
+class StallTimer:
+    """Wraps a trainer's get_batch_samples; keeps (enter, exit) times of every call."""
+
+    def __init__(self, trainer) -> None:
+        self.calls: list[tuple[float, float]] = []
+        self._inner = trainer.get_batch_samples
+        trainer.get_batch_samples = self
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self._inner(*args, **kwargs)
+        self.calls.append((start, time.perf_counter()))
+        return out
+
+    def stall_frac(self, end: float) -> tuple[float, float]:
+        """(waiting share, mean step seconds) over every step but the first."""
+        calls = self.calls[1:]
+        if not calls:
+            return 0.0, 0.0
+        wall = end - calls[0][0]
+        wait = sum(b - a for a, b in calls)
+        return wait / wall, wall / len(calls)
+
+
+def run_config(model_dir: Path, data: Path, out: Path, steps: int, workers: int | None) -> object:
+    """configs/tiny/cpu.yaml with the bench's paths; `workers=None` keeps the config's own setting."""
+    from train.config import load_config
+
+    argv = [
+        "--config", str(RECIPE),
+        "--model_name_or_path", str(model_dir), "--dataset_dir", str(data), "--output_dir", str(out),
+        "--deepspeed", "null", "--report_to", "none", "--val_split", "null",
+        "--max_steps", str(steps), "--save_steps", str(10 * steps), "--logging_steps", str(10 * steps),
+    ]  # fmt: skip
+    if workers is not None:
+        argv += ["--dataloader_num_workers", str(workers)]
+    return load_config(argv)
+
+
+def measure(cfg) -> tuple[float, float]:
+    """(stall_frac, seconds per step) of one short training run built from train.recipe's pieces."""
+    from transformers import set_seed
+
+    from train import recipe
+    from train.collator import AudioChatCollator
+
+    set_seed(cfg.training.seed)
+    family = recipe.resolve_family(cfg)
+    processor = family.load_processor(cfg.model.model_name_or_path)
+    model = family.load_model(
+        cfg.model.model_name_or_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation
+    )
+    model = recipe.add_lora(model, family, cfg.lora)
+    train_ds, _ = recipe.load_split(cfg.data, cfg.data.train_split, family, processor, None)
+    collator = AudioChatCollator(family, processor, cfg.data.max_length)
+    trainer = recipe.build_trainer(cfg, model, processor, collator, train_ds, None, [])
+    timer = StallTimer(trainer)
+    trainer.train()
+    return timer.stall_frac(time.perf_counter())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the bench; prints the table and the JSON line, returns the figures."""
+    args = parse_args(__doc__.splitlines()[0], argv)
+    size = QUICK if args.quick else FULL
+    import torch
+
+    # 2 ranks on 2 cores get one thread each (train.distributed.setup_env); so does this one rank.
+    torch.set_num_threads(1)
+    rows, by_workers = [], {}
+    with workdir(args.workdir) as work:
+        model_dir = tiny_model(work, args.seed)
+        data = synth_dataset(work, size["items"], args.seed)
+        default = run_config(model_dir, data, work / "run", size["steps"], None)
+        default_workers = default.training.dataloader_num_workers
+        for workers in sorted({default_workers, *size["workers"]}):
+            cfg = run_config(model_dir, data, work / f"run-w{workers}", size["steps"], workers)
+            frac, step_s = measure(cfg)
+            by_workers[workers] = round(frac, 4)
+            note = "config default" if workers == default_workers else "override"
+            rows.append((workers, note, step_s, frac * step_s, frac))
+    print(f"tiny Qwen2-Audio LoRA, {RECIPE.relative_to(REPO_ROOT)}, batch 2, {size['steps']} steps, 1 thread")
+    print_table(["dataloader_num_workers", "setting", "s/step", "waiting s/step", "stall_frac"], rows)
+    result = {
+        "bench": "data_stall",
+        "stall_frac": by_workers[default_workers],
+        "dataloader_num_workers": default_workers,
+        "stall_frac_by_workers": {str(k): v for k, v in by_workers.items()},
+        "seconds_per_step": round(rows[0][2], 3),
+        "waiting_seconds_per_step": round(rows[0][3], 4),
+        "steps": size["steps"],
+        "quick": args.quick,
+    }
+    emit(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

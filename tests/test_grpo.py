@@ -1,0 +1,302 @@
+"""GRPO on the tiny Qwen2-Audio: the audio reaches every forward, the real launcher runs, it learns.
+
+CPU cost note: trl scores log-probs at every position of the sequence on devices without Triton
+(prompt included: here ~150k-vocabulary logits for each audio and prompt token), and only at the
+completion positions on CUDA. The in-process tests switch trl to its CUDA-style compact scoring
+(`compact_logprobs`), which gives the same log-probs for the completion tokens in a fraction of the
+time; the multi-process test runs trl unmodified.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from common.config import config_from_dict
+from train import grpo, recipe
+from train.config import TrainConfig
+from train.families import get_family
+from train.rewards import accuracy_reward, reward_functions
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def compact_logprobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Score only completion positions on CPU too (trl's CUDA path; see module docstring)."""
+    import trl.trainer.utils
+
+    monkeypatch.setattr(trl.trainer.utils, "_use_triton", lambda device: True)
+
+
+def _cfg(
+    model_dir: Path, dataset_dir: Path, out: Path, training: dict, grpo_cfg: dict, lora: dict | None = None
+):
+    return config_from_dict(
+        TrainConfig,
+        {
+            "model": {"model_name_or_path": str(model_dir), "attn_implementation": "eager"},
+            "data": {"dataset_dir": str(dataset_dir), "max_length": 1024, "max_train_samples": 8},
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, **(lora or {})},
+            "training": {
+                "output_dir": str(out),
+                "method": "grpo",
+                "logging_steps": 1,
+                "save_steps": 1000,
+                "lr_scheduler_type": "constant",
+                "warmup_ratio": 0.0,
+                **training,
+            },
+            "grpo": grpo_cfg,
+        },
+    )
+
+
+def _sft_adapter(family, model_dir: Path, out: Path) -> Path:
+    """A stand-in SFT adapter: fresh LoRA with non-zero B, so it changes the model's outputs."""
+    model = family.load_model(str(model_dir), dtype="float32", attn_implementation="eager")
+    cfg = _cfg(model_dir, model_dir, out, {}, {})
+    model = recipe.add_lora(model, family, cfg.lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
+    model.save_pretrained(str(out))
+    return out
+
+
+def spy_on_forward(model: torch.nn.Module) -> list[dict]:
+    """Wrap the model's (trl-patched) forward; returns the list it records each call's inputs in."""
+    calls: list[dict] = []
+    forward = model.forward
+
+    @functools.wraps(forward)  # keep the signature: `generate` checks its model kwargs against it
+    def record(*args, **kwargs):
+        ids = kwargs.get("input_ids")
+        feats, fmask = kwargs.get("input_features"), kwargs.get("feature_attention_mask")
+        calls.append(
+            {
+                "scoring": bool(kwargs.get("fused_lm_head")),  # log-prob forward (old, ref or policy)
+                "grad": torch.is_grad_enabled(),
+                "rows": None if ids is None else ids.shape[0],
+                "prefill": ids is not None and ids.shape[1] > 1,
+                "audio_rows": None if feats is None else feats.shape[0],
+                "mask_rows": None if fmask is None else fmask.shape[0],
+            }
+        )
+        return forward(*args, **kwargs)
+
+    model.forward = record
+    return calls
+
+
+def test_every_training_forward_gets_the_audio(tiny_qwen2_audio, prepared_synth, tmp_path, compact_logprobs):
+    """Policy, old and reference log-probs all see the audio; SFT -> GRPO: only `default` moves."""
+    family = get_family("qwen2_audio")
+    adapter = _sft_adapter(family, tiny_qwen2_audio, tmp_path / "sft")
+    cfg = _cfg(
+        tiny_qwen2_audio,
+        prepared_synth,
+        tmp_path / "run",
+        {"max_steps": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-2},
+        # Length is the reward that varies between random completions, so there is a gradient.
+        {
+            "num_generations": 4,
+            "max_completion_length": 6,
+            "beta": 0.1,
+            "thinking_budget_tokens": 0,
+            "length_penalty": 0.05,
+            "reward_weights": {"accuracy": 1.0, "format": 1.0, "length": 1.0},
+        },
+        {"init_adapter": str(adapter)},
+    )
+    processor = family.load_processor(str(tiny_qwen2_audio))
+    model = family.load_model(str(tiny_qwen2_audio), dtype="float32", attn_implementation="eager")
+    model = recipe.add_lora(model, family, cfg.lora)
+    ds, _ = recipe.load_split(cfg.data, "train", family, processor, cfg.data.max_train_samples)
+    funcs, weights = reward_functions(
+        cfg.grpo.reward_weights,
+        thinking_budget=0,
+        length_penalty_per_unit=0.05,
+        count=lambda text: grpo.count_tokens(processor.tokenizer, text),
+    )
+    # steps_per_generation=2 > gradient_accumulation_steps=1: trl then also computes old log-probs.
+    args = grpo.grpo_args(cfg, weights, steps_per_generation=2)
+    trainer = grpo.AudioGRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=grpo.with_prompts(ds),
+        processing_class=processor,
+        family=family,
+    )
+    peft_model = trainer.model
+    assert "ref" in peft_model.peft_config  # trl's frozen copy of the SFT adapter = the reference
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
+    calls = spy_on_forward(peft_model.get_base_model())
+
+    trainer.train()
+
+    scoring = [c for c in calls if c["scoring"]]
+    # one generation batch of 8 completions, scored in chunks of 4: old 2 + ref 2, then policy 1 per step
+    assert len(scoring) == 6, calls
+    assert sum(c["grad"] for c in scoring) == 2
+    for c in scoring:
+        assert c["audio_rows"] == c["rows"] and c["mask_rows"] == c["rows"], c
+    prefills = [c for c in calls if not c["scoring"] and c["prefill"]]
+    assert prefills and all(c["audio_rows"] == c["rows"] == 8 for c in prefills)  # generation saw it too
+
+    after = dict(peft_model.named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert moved, "no parameter moved: the rewards gave no learning signal"
+    assert all(".default" in n for n in moved), sorted(moved)  # base, encoder, `ref` frozen
+    assert any("lora_B.default" in n for n in moved)
+
+
+def _one_answer_rows(prepared_synth: Path, n: int) -> list[dict]:
+    """Short prompts over the synthetic clips where option A is always right."""
+    rows = [json.loads(line) for line in (prepared_synth / "train.jsonl").read_text().splitlines()[:n]]
+    return [
+        {
+            "id": row["id"],
+            "choices": ["yes", "no"],
+            "answer_index": 0,
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "Answer.", "path": None}]},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "audio", "text": None, "path": row["audio_path"]},
+                        {"type": "text", "text": "A or B?", "path": None},
+                    ],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": "A", "path": None}]},
+            ],
+        }
+        for row in rows
+    ]
+
+
+def test_accuracy_reward_rises_when_one_answer_is_always_right(
+    tiny_qwen2_audio, prepared_synth, tmp_path, compact_logprobs
+):
+    """A real learning signal: GRPO turns chance-level accuracy into a preference for the right answer.
+
+    Direct one-token answers, sampled from the option letters only (a +30 logit bias on A and B,
+    like a constrained decoder), so the random model starts at chance (~0.5) and only the policy's
+    own logits decide between A and B.
+    """
+    from datasets import Dataset
+
+    family = get_family("qwen2_audio")
+    cfg = _cfg(
+        tiny_qwen2_audio,
+        prepared_synth,
+        tmp_path / "run",
+        {"max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 2e-2},
+        {"num_generations": 8, "max_completion_length": 1, "beta": 0.0, "temperature": 1.0},
+    )
+    processor = family.load_processor(str(tiny_qwen2_audio))
+    model = family.load_model(str(tiny_qwen2_audio), dtype="float32", attn_implementation="eager")
+    model = recipe.add_lora(model, family, cfg.lora)
+    trainer = grpo.AudioGRPOTrainer(
+        model=model,
+        reward_funcs=[accuracy_reward],
+        args=grpo.grpo_args(cfg, [1.0]),
+        train_dataset=grpo.with_prompts(Dataset.from_list(_one_answer_rows(prepared_synth, 8))),
+        processing_class=processor,
+        family=family,
+    )
+    letters = [processor.tokenizer.convert_tokens_to_ids(c) for c in "AB"]
+    bias = [[[t], 30.0] for t in letters]
+    trainer.generation_config.sequence_bias = bias
+    trainer.generation_kwargs["sequence_bias"] = bias
+
+    trainer.train()
+
+    acc = [
+        h["rewards/accuracy_reward/mean"]
+        for h in trainer.state.log_history
+        if "rewards/accuracy_reward/mean" in h
+    ]
+    print("ACC", acc)
+    assert len(acc) == 6
+    first, last = sum(acc[:6]) / 6, sum(acc[-6:]) / 6
+    assert last > first + 0.15, acc
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_deepspeed_two_ranks(tiny_qwen2_audio, prepared_synth, tmp_path):
+    """`deepspeed train.py --config configs/tiny/grpo.yaml` with 2 CPU ranks, as a user runs it."""
+    out = tmp_path / "run"
+    cmd = [
+        str(Path(sys.executable).parent / "deepspeed"),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "train.py",
+        "--config",
+        "configs/tiny/grpo.yaml",
+        "--model_name_or_path",
+        str(tiny_qwen2_audio),
+        "--dataset_dir",
+        str(prepared_synth),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--max_train_samples",
+        "8",
+        "--max_completion_length",
+        "6",
+        "--thinking_budget_tokens",
+        "0",
+        "--length_penalty",
+        "0.05",
+        "--log_completions_every",
+        "1",
+        "--save_steps",
+        "1000",
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    assert all("lora_" in k or "multi_modal_projector" in k for k in weights), sorted(weights)[:5]
+    assert any(float(v.abs().max()) > 0 for k, v in weights.items() if "lora_B" in k)  # moved from zero init
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["status"] == "complete" and info["method"] == "grpo"
+    assert len(info["adapter_digests"]) == 2 and len(set(info["adapter_digests"])) == 1
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = set().union(*history)
+    assert {
+        "reward",
+        "reward_std",
+        "kl",
+        "completions/mean_length",
+        "rewards/accuracy_reward/mean",
+        "rewards/format_reward/std",
+        "rewards/length_penalty/mean",
+    } <= logged
+    runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert runs, "no offline W&B run"
+    blob = runs[0].read_bytes()
+    for key in (b"train/reward", b"train/kl", b"train/rewards/format_reward/mean", b"train/completions"):
+        assert key in blob, key
