@@ -5,7 +5,8 @@
 
 The folder is written with `save_pretrained` and loaded back through the family's `load_model` /
 `load_processor`, the code path a real checkpoint takes. Uses the real Qwen2 tokenizer when
-`../shared/tokenizers/qwen2/` exists, else a small byte-level BPE trained on the spot.
+`../shared/tokenizers/qwen2/` exists, else a small byte-level BPE trained on the spot
+(`--tokenizer local` forces the small one: 150x smaller LM head, and the same model on every machine).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 
 from common.logging_utils import setup_logging
 from train.families import get_family, list_families
+from train.families._common import TOKENIZER_CHOICES
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", required=True, choices=list_families(), help="model family module name")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random initialisation")
+    parser.add_argument(
+        "--tokenizer",
+        choices=TOKENIZER_CHOICES,
+        default="auto",
+        help="qwen2 = real Qwen2 files from ../shared; local = small BPE trained here; auto = qwen2 if present",
+    )
     args = parser.parse_args(argv)
     setup_logging()
-    get_family(args.family).make_tiny(args.out, seed=args.seed)
+    get_family(args.family).make_tiny(args.out, seed=args.seed, tokenizer=args.tokenizer)
     logger.info("tiny %s model written to %s", args.family, args.out)
 
 

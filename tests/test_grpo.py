@@ -139,6 +139,9 @@ def test_every_training_forward_gets_the_audio(tiny_qwen2_audio, prepared_synth,
         processing_class=processor,
         family=family,
     )
+    audio_token = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
+    assert audio_token in trainer.generation_config.suppress_tokens  # never sampled
+    assert getattr(model.config, "image_token_id", None) is None  # trl's stand-in is gone again
     peft_model = trainer.model
     assert "ref" in peft_model.peft_config  # trl's frozen copy of the SFT adapter = the reference
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
@@ -160,6 +163,21 @@ def test_every_training_forward_gets_the_audio(tiny_qwen2_audio, prepared_synth,
     assert moved, "no parameter moved: the rewards gave no learning signal"
     assert all(".default" in n for n in moved), sorted(moved)  # base, encoder, `ref` frozen
     assert any("lora_B.default" in n for n in moved)
+
+
+def test_encode_once_per_prompt_matches_encode_prompts(tiny_qwen2_audio, prepared_synth):
+    """Each prompt arrives num_generations times; encoding it once must not change any row."""
+    from train.collator import encode_prompts
+
+    family = get_family("qwen2_audio")
+    processor = family.load_processor(str(tiny_qwen2_audio))
+    rows = [json.loads(line) for line in (prepared_synth / "train.jsonl").read_text().splitlines()[:2]]
+    repeated = [rows[0], rows[0], rows[1], rows[1]]
+    once = grpo.encode_once_per_prompt(family, processor, repeated)
+    every = encode_prompts(family, processor, repeated)
+    assert once.keys() == every.keys() >= set(grpo.AUDIO_KEYS)
+    for key in every:
+        assert torch.equal(once[key], every[key]), key
 
 
 def _one_answer_rows(prepared_synth: Path, n: int) -> list[dict]:
@@ -192,8 +210,10 @@ def test_accuracy_reward_rises_when_one_answer_is_always_right(
     """A real learning signal: GRPO turns chance-level accuracy into a preference for the right answer.
 
     Direct one-token answers, sampled from the option letters only (a +30 logit bias on A and B,
-    like a constrained decoder), so the random model starts at chance (~0.5) and only the policy's
-    own logits decide between A and B.
+    like a constrained decoder), so the random model starts near chance (~0.5) and only the
+    policy's own logits decide between A and B. Temperature 0.5 (trl divides the logits by the
+    same temperature in the loss) lets the 64-wide head express a clear preference. With the
+    learning rate at ~0 the same run stays at 0.3-0.5 (checked when this test was written).
     """
     from datasets import Dataset
 
@@ -202,8 +222,8 @@ def test_accuracy_reward_rises_when_one_answer_is_always_right(
         tiny_qwen2_audio,
         prepared_synth,
         tmp_path / "run",
-        {"max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 2e-2},
-        {"num_generations": 8, "max_completion_length": 1, "beta": 0.0, "temperature": 1.0},
+        {"max_steps": 12, "per_device_train_batch_size": 8, "learning_rate": 1e-3},
+        {"num_generations": 8, "max_completion_length": 1, "beta": 0.0, "temperature": 0.5},
     )
     processor = family.load_processor(str(tiny_qwen2_audio))
     model = family.load_model(str(tiny_qwen2_audio), dtype="float32", attn_implementation="eager")
@@ -228,10 +248,9 @@ def test_accuracy_reward_rises_when_one_answer_is_always_right(
         for h in trainer.state.log_history
         if "rewards/accuracy_reward/mean" in h
     ]
-    print("ACC", acc)
-    assert len(acc) == 6
-    first, last = sum(acc[:6]) / 6, sum(acc[-6:]) / 6
-    assert last > first + 0.15, acc
+    assert len(acc) == 12
+    first, last = sum(acc[:4]) / 4, sum(acc[-4:]) / 4  # seeds 0-2 gave 0.53/0.97, 0.50/0.91, 0.59/0.91
+    assert last > first + 0.2, acc
 
 
 def _free_port() -> int:

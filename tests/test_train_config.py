@@ -109,15 +109,24 @@ def test_single_process_rendezvous_and_threads(monkeypatch: pytest.MonkeyPatch) 
 
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                 "OMP_NUM_THREADS", "LOCAL_SIZE"):  # fmt: skip
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # recorded, so teardown restores the original (unset) state
+        monkeypatch.delenv(var)
+    import torch.distributed as dist
+
     setup_env(uses_deepspeed=True)
-    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("0", "1", "0")
-    assert os.environ["MASTER_ADDR"] == "127.0.0.1" and int(os.environ["MASTER_PORT"]) > 0
-    assert int(os.environ["OMP_NUM_THREADS"]) >= 1
+    try:
+        assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("0", "1", "0")
+        assert os.environ["MASTER_ADDR"] == "127.0.0.1" and int(os.environ["MASTER_PORT"]) > 0
+        assert int(os.environ["OMP_NUM_THREADS"]) >= 1
+        # The one-rank group exists already (FileStore: no port to race for).
+        assert dist.is_initialized() and dist.get_world_size() == 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     # Two ranks on this host share the cores instead of each taking all of them.
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    setup_env(uses_deepspeed=True)
+    setup_env(uses_deepspeed=False)
     cores = len(os.sched_getaffinity(0))
     assert int(os.environ["OMP_NUM_THREADS"]) == max(1, cores // 2)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -29,9 +30,17 @@ DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768+), where outgoing connections on a busy
+    machine cannot grab it between this check and the rank binding it."""
+    for _ in range(100):
+        port = random.randint(20000, 29999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-29999")
 
 
 def _subset(prepared: Path, out: Path, train_rows: list[dict], val_rows: list[dict] | None = None) -> Path:

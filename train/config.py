@@ -56,6 +56,11 @@ class LoraConfig:
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling alpha / sqrt(r).")
     train_projector: bool = _f(True, "Train the audio->LLM projector fully (saved with the adapter).")
     train_audio_encoder: bool = _f(False, "Train the audio encoder fully (large; off by default).")
+    modules_to_save: list[str] = _f(
+        [],
+        "Extra modules trained fully and saved with the adapter (PEFT modules_to_save), e.g. "
+        "[lm_head] for a randomly initialised tiny model, or after adding new tokens.",
+    )
     init_adapter: str | None = _f(
         None, "Start from an existing PEFT adapter dir (e.g. the SFT adapter before GRPO)."
     )

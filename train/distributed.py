@@ -8,16 +8,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import socket
 import sys
 
 logger = logging.getLogger(__name__)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launched_by_launcher() -> bool:
@@ -26,28 +19,47 @@ def launched_by_launcher() -> bool:
 
 
 def setup_env(uses_deepspeed: bool) -> None:
-    """Prepare the environment before torch is imported.
+    """Prepare the process; call it before torch is imported (thread counts are read at import).
 
     - Plain `python train.py` with a DeepSpeed config: DeepSpeed finds no rank variables and falls
-      back to MPI discovery, which fails with "No module named 'mpi4py'". We fill in a
-      single-process rendezvous (rank 0 of 1 on a free local port) instead.
+      back to MPI discovery, which fails with "No module named 'mpi4py'". We fill in the rank
+      variables for rank 0 of 1 and create that one-rank process group ourselves.
     - CPU threads: N ranks on one host each default to all cores (accelerate sets 2 on a 2-core box),
       which oversubscribes the cores and made steps 3x slower with 2 ranks on 2 cores. Each rank
       gets cores // local ranks, unless the user set OMP_NUM_THREADS.
     """
-    if uses_deepspeed and not launched_by_launcher():
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    single = uses_deepspeed and not launched_by_launcher()
+    if single:
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                           ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):  # fmt: skip
+            os.environ.setdefault(key, value)
     if "OMP_NUM_THREADS" not in os.environ:
         local = (
             os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or os.environ.get("WORLD_SIZE")
         )
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // max(1, int(local or 1))))
+    if single:
+        _init_single_process_group()
+
+
+def _init_single_process_group() -> None:
+    """A one-rank process group on a FileStore, created before accelerate/DeepSpeed look for one.
+
+    With env:// rendezvous the rank binds MASTER_PORT seconds after the port was chosen; on a busy
+    machine another process took it first (EADDRINUSE) in our test runs. A FileStore in a fresh
+    temp dir has no port to lose. accelerate and DeepSpeed both reuse an initialised group.
+    """
+    import tempfile
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    path = os.path.join(tempfile.mkdtemp(prefix="art-rendezvous-"), "store")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, store=dist.FileStore(path, 1), rank=0, world_size=1)
 
 
 def skip_cpu_shm_comm_op() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
 from common.config import to_yaml
@@ -50,8 +51,6 @@ AUDIO_KEYS = ("input_features", "feature_attention_mask")
 
 def main(cfg: TrainConfig) -> Path:
     """Run one GRPO job end to end; returns the output dir holding the adapter."""
-    from transformers import set_seed
-
     out = Path(cfg.training.output_dir)
     set_seed(cfg.training.seed)
 
@@ -183,6 +182,10 @@ def grpo_args(cfg: TrainConfig, reward_weights: list[float], **overrides: Any) -
         seed=t.seed,
         data_seed=t.seed,
         deepspeed=t.deepspeed,
+        # On a host without CUDA, accelerate counts the launcher's ranks only when told it runs on CPU;
+        # otherwise every rank believes it is process 0 of 1 (no data sharding, no reward gathering
+        # across ranks, every rank writing the checkpoints). Measured with deepspeed 0.19 + gloo.
+        use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=t.dataloader_num_workers,
         report_to="none",  # W&B is logged by train.tracking (rank 0, namespaced keys)
         run_name=cfg.wandb.run_name or Path(t.output_dir).name,
@@ -259,6 +262,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         # The HF Trainer's placement (device, and DeepSpeed's dtype for float tensors); GRPOTrainer
         # overrides `_prepare_inputs` with its generation buffer, hence the explicit base class.
         batch = Trainer._prepare_inputs(self, batch)
+        # Without DeepSpeed nothing casts the features; a bf16 encoder would refuse fp32 input.
+        batch["input_features"] = batch["input_features"].to(self.model.dtype)
         self._prompt_batch = batch
         self._audio = {k: batch[k] for k in AUDIO_KEYS}
         try:
@@ -384,6 +389,9 @@ def save_run(trainer: AudioGRPOTrainer, cfg: TrainConfig, run_info: dict, final:
         )
         atomic_write_json(out / "run_info.json", run_info)
         atomic_write_text(out / "run_config.yaml", to_yaml(cfg))
+        # trl keeps a frozen copy of the starting adapter named "ref" as the KL reference (beta > 0),
+        # and PEFT saves it beside the trained one; it is only the starting point, so it goes.
+        shutil.rmtree(out / "ref", ignore_errors=True)
         logger.info("saved adapter to %s (trainable sha256 %s)", out, digests[0][:12])
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # nobody leaves before the adapter is on disk

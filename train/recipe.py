@@ -161,6 +161,7 @@ def add_lora(model: Any, family: ModuleType, lora: LoraConfig) -> Any:
         modules_to_save = [family.PROJECTOR] if lora.train_projector else []
         if lora.train_audio_encoder:
             modules_to_save.append(family.AUDIO_ENCODER)
+        modules_to_save += lora.modules_to_save
         config = PeftLoraConfig(
             r=lora.r,
             lora_alpha=lora.alpha,

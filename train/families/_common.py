@@ -143,11 +143,17 @@ def _train_fallback_bpe(folder: Path, vocab_size: int = 1024) -> int:
     return tok.get_vocab_size()
 
 
-def build_qwen2_tokenizer(folder: Path, specials: list[str], named_tokens: dict[str, str]) -> Any:
+TOKENIZER_CHOICES = ("auto", "qwen2", "local")
+
+
+def build_qwen2_tokenizer(
+    folder: Path, specials: list[str], named_tokens: dict[str, str], source: str = "auto"
+) -> Any:
     """Write a Qwen2 tokenizer folder and load it with AutoTokenizer.
 
-    Uses the real Qwen2 vocab/merges from `../shared/tokenizers/qwen2` when present, else a small
-    byte-level BPE trained here. The added tokens follow the regular vocab in the real order, so with
+    `source`: "qwen2" = the real Qwen2 vocab/merges from `../shared/tokenizers/qwen2` (error if
+    absent), "local" = a small byte-level BPE trained here (1,024 tokens: fast, and identical on
+    every machine), "auto" = qwen2 when present, else local. The added tokens follow the regular vocab in the real order, so with
     the real files their ids are the real ids (151643...). transformers 5.x ignores
     `vocab_file=`/`merges_file=` passed to Qwen2TokenizerFast, hence the folder + AutoTokenizer.
     """
@@ -155,8 +161,12 @@ def build_qwen2_tokenizer(folder: Path, specials: list[str], named_tokens: dict[
 
     from common.paths import shared_qwen2_tokenizer_dir
 
+    if source not in TOKENIZER_CHOICES:
+        raise ValueError(f"tokenizer source {source!r}: use one of {TOKENIZER_CHOICES}")
     folder.mkdir(parents=True, exist_ok=True)
-    shared = shared_qwen2_tokenizer_dir()
+    shared = shared_qwen2_tokenizer_dir() if source != "local" else None
+    if source == "qwen2" and shared is None:
+        raise FileNotFoundError("tokenizer 'qwen2' asked for, but ../shared/tokenizers/qwen2 is absent")
     if shared is not None:
         for name in ("vocab.json", "merges.txt"):
             shutil.copy(shared / name, folder / name)

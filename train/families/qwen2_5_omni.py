@@ -207,11 +207,11 @@ def encode(
     return dict(processor(**kwargs))
 
 
-def _tiny_processor(out_dir: Path) -> Any:
+def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
     from transformers import WhisperFeatureExtractor
 
     tokenizer = _common.build_qwen2_tokenizer(
-        out_dir / "_tokenizer_src", _common.QWEN2_5_OMNI_SPECIALS, OMNI_TOKENS
+        out_dir / "_tokenizer_src", _common.QWEN2_5_OMNI_SPECIALS, OMNI_TOKENS, tokenizer_source
     )
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128,
@@ -281,7 +281,7 @@ def _mrope(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def make_tiny(out_dir: str | Path, *, seed: int = 0) -> None:
+def make_tiny(out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto") -> None:
     """Save a randomly initialised tiny Omni thinker + processor to `out_dir`, then reload it through
     `load_model`/`load_processor` as a check."""
     import shutil
@@ -290,7 +290,7 @@ def make_tiny(out_dir: str | Path, *, seed: int = 0) -> None:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    processor = _tiny_processor(out_dir)
+    processor = _tiny_processor(out_dir, tokenizer)
     _common.seed_everything(seed)
     model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_config(processor.tokenizer))
     model.generation_config = _common.generation_config_for(processor.tokenizer)

@@ -129,11 +129,11 @@ def encode(
     return dict(processor(**kwargs))
 
 
-def _tiny_processor(out_dir: Path) -> Any:
+def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
     tokenizer = _common.build_qwen2_tokenizer(
-        out_dir / "_tokenizer_src", _common.QWEN2_AUDIO_SPECIALS, dict(_common.AUDIO_TOKENS)
+        out_dir / "_tokenizer_src", _common.QWEN2_AUDIO_SPECIALS, dict(_common.AUDIO_TOKENS), tokenizer_source
     )
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128,
@@ -173,7 +173,7 @@ def tiny_config(tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS) -> An
     )
 
 
-def make_tiny(out_dir: str | Path, *, seed: int = 0) -> None:
+def make_tiny(out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto") -> None:
     """Save a randomly initialised tiny Qwen2-Audio + processor to `out_dir`, then reload it through
     `load_model`/`load_processor` as a check."""
     import shutil
@@ -182,7 +182,7 @@ def make_tiny(out_dir: str | Path, *, seed: int = 0) -> None:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    processor = _tiny_processor(out_dir)
+    processor = _tiny_processor(out_dir, tokenizer)
     _common.seed_everything(seed)
     model = Qwen2AudioForConditionalGeneration(tiny_config(processor.tokenizer))
     model.generation_config = _common.generation_config_for(processor.tokenizer)
