@@ -55,13 +55,18 @@ def workdir(path: Path | None) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def tiny_model(work: Path, seed: int = 0) -> Path:
-    """The tiny random Qwen2-Audio built by its family module (reused when already there)."""
+def tiny_model(work: Path, seed: int = 0, tokenizer: str = "auto") -> Path:
+    """The tiny random Qwen2-Audio built by its family module (reused when already there).
+
+    `tokenizer="local"` (1k vocab) for speed benches: with the real 151k vocabulary the LM head of a
+    64-wide model is ~99% of its compute, a profile no real checkpoint has (at 7B the transformer
+    body dominates). Token-count benches keep the real tokenizer.
+    """
     from train.families import get_family
 
-    out = work / "tiny-qwen2-audio"
+    out = work / f"tiny-qwen2-audio-{tokenizer}"
     if not (out / "config.json").exists():
-        get_family("qwen2_audio").make_tiny(out, seed=seed)
+        get_family("qwen2_audio").make_tiny(out, seed=seed, tokenizer=tokenizer)
     return out
 
 

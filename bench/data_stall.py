@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     rows, by_workers = [], {}
     with workdir(args.workdir) as work:
-        model_dir = tiny_model(work, args.seed)
+        model_dir = tiny_model(work, args.seed, tokenizer="local")
         data = synth_dataset(work, size["items"], args.seed)
         default = run_config(model_dir, data, work / "run", size["steps"], None)
         default_workers = default.training.dataloader_num_workers

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     batch_size = EvalConfig().batch_size  # eval.run's default, what a user gets
     with workdir(args.workdir) as work:
-        model_dir = tiny_model(work, args.seed)
+        model_dir = tiny_model(work, args.seed, tokenizer="local")
         # holdout: every item lands in the test split, so `items` synthetic items = `items` test items
         data = synth_dataset(work, size["items"], args.seed, "--split.mode", "holdout")
         rows = read_jsonl(data / "test.jsonl")[: size["items"]]

@@ -20,6 +20,7 @@ export WANDB_MODE=${WANDB_MODE:-offline} WANDB_SILENT=true
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 start=$(date +%s)
+rm -rf "$OUT"  # a fresh run every time: eval.run would otherwise resume into the old predictions
 step() { echo; echo "==> [$(( $(date +%s) - start ))s] $*"; }
 run() { echo "+ $*"; "$@"; }
 
@@ -32,14 +33,17 @@ run python -m data_prep.prepare --config configs/data/synth_cot.yaml \
 DATASET="$DATA/prepared/latest"
 
 step "3/7 tiny random Qwen2-Audio (seed $SEED)"
-run python -m scripts.make_tiny_model --family qwen2_audio --out "$MODEL" --seed "$SEED"
+# The small local tokenizer makes the model identical on every machine (with or without ../shared)
+# and keeps the LM head 150x smaller than the real 151k-token vocabulary.
+run python -m scripts.make_tiny_model --family qwen2_audio --out "$MODEL" --seed "$SEED" --tokenizer local
 
 step "4/7 evaluate the base model (pre)"
 run python -m eval.run --model "$MODEL" --data "$DATASET" --out "$OUT/eval-base" "${EVAL_ARGS[@]}"
 
 step "5/7 LoRA fine-tuning: deepspeed train.py on 2 CPU ranks (ZeRO-2, gloo)"
-rm -rf "$OUT/adapter"
-run deepspeed --num_gpus 2 train.py --config configs/tiny/quickstart.yaml \
+PORT=$(python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+# One thread per rank: two ranks on two cores, and OpenMP spinning otherwise slows steps several-fold.
+OMP_NUM_THREADS=1 run deepspeed --num_gpus 2 --master_port "$PORT" train.py --config configs/tiny/quickstart.yaml \
     --model_name_or_path "$MODEL" --dataset_dir "$DATASET" --output_dir "$OUT/adapter" --seed "$SEED"
 
 step "6/7 evaluate the tuned adapter (post)"

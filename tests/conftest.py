@@ -43,11 +43,11 @@ def qwen2_tokenizer_dir() -> Path:
     return path
 
 
-def _make_tiny(family: str, tmp_path_factory) -> Path:
+def _make_tiny(family: str, tmp_path_factory, tokenizer: str = "auto") -> Path:
     from train.families import get_family
 
-    out = tmp_path_factory.mktemp(f"tiny-{family}")
-    get_family(family).make_tiny(out, seed=0)
+    out = tmp_path_factory.mktemp(f"tiny-{family}-{tokenizer}")
+    get_family(family).make_tiny(out, seed=0, tokenizer=tokenizer)
     return out
 
 
@@ -55,6 +55,16 @@ def _make_tiny(family: str, tmp_path_factory) -> Path:
 def tiny_qwen2_audio(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer Qwen2-Audio saved with save_pretrained."""
     return _make_tiny("qwen2_audio", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_audio_fast(tmp_path_factory) -> Path:
+    """The same tiny Qwen2-Audio with the small local tokenizer (1k vocab instead of 151k).
+
+    For multi-process training/eval tests, where the real vocabulary's LM head is ~99% of the
+    compute; the real-tokenizer layout is covered by the family and collator tests.
+    """
+    return _make_tiny("qwen2_audio", tmp_path_factory, tokenizer="local")
 
 
 @pytest.fixture(scope="session")

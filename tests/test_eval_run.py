@@ -29,10 +29,10 @@ def _outputs(run_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def base_run(tiny_qwen2_audio, prepared_synth, tmp_path_factory) -> Path:
+def base_run(tiny_qwen2_audio_fast, prepared_synth, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "base"
     # --wandb too: conftest keeps W&B offline, so this checks the logging path without network.
-    assert run.main(_argv(tiny_qwen2_audio, prepared_synth, out, "--wandb")) == 0
+    assert run.main(_argv(tiny_qwen2_audio_fast, prepared_synth, out, "--wandb")) == 0
     return out
 
 
@@ -59,7 +59,7 @@ def test_run_writes_predictions_metrics_run_info(base_run, prepared_synth):
     assert list((base_run / "wandb").glob("offline-run-*"))  # eval/acc/<layer> logged offline
 
 
-def test_resume_after_deleting_half(base_run, tiny_qwen2_audio, prepared_synth, tmp_path):
+def test_resume_after_deleting_half(base_run, tiny_qwen2_audio_fast, prepared_synth, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(base_run, out)
     lines = (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
@@ -67,18 +67,18 @@ def test_resume_after_deleting_half(base_run, tiny_qwen2_audio, prepared_synth, 
     (out / "predictions.jsonl").write_text(
         "".join(lines[: LIMIT // 2]) + lines[LIMIT // 2][:40], encoding="utf-8"
     )
-    assert run.main(_argv(tiny_qwen2_audio, prepared_synth, out)) == 0
+    assert run.main(_argv(tiny_qwen2_audio_fast, prepared_synth, out)) == 0
     assert _outputs(out) == _outputs(base_run)
     assert (out / "metrics.json").read_text() == (base_run / "metrics.json").read_text()
 
 
-def test_resume_with_other_settings_is_refused(base_run, tiny_qwen2_audio, prepared_synth, tmp_path):
+def test_resume_with_other_settings_is_refused(base_run, tiny_qwen2_audio_fast, prepared_synth, tmp_path):
     out = tmp_path / "other"
     shutil.copytree(base_run, out)
     with pytest.raises(run.EvalError, match="max_new_tokens: 24 -> 8"):
         run.run(
             run.parse_config(
-                run.EvalConfig, _argv(tiny_qwen2_audio, prepared_synth, out, "--max_new_tokens", "8")
+                run.EvalConfig, _argv(tiny_qwen2_audio_fast, prepared_synth, out, "--max_new_tokens", "8")
             )
         )
 
@@ -89,12 +89,12 @@ class _TrainEvalCfg:  # the shape of train/'s eval-at-end section: no `audio`, n
     max_new_tokens: int = NEW_TOKENS
 
 
-def test_batched_equals_one_by_one(base_run, tiny_qwen2_audio, prepared_synth):
+def test_batched_equals_one_by_one(base_run, tiny_qwen2_audio_fast, prepared_synth):
     from train.families import get_family
 
     family = get_family("qwen2_audio")
-    processor = family.load_processor(str(tiny_qwen2_audio))
-    model = family.load_model(str(tiny_qwen2_audio), dtype="float32")
+    processor = family.load_processor(str(tiny_qwen2_audio_fast))
+    model = family.load_model(str(tiny_qwen2_audio_fast), dtype="float32")
     rows = read_jsonl(prepared_synth / "test.jsonl")[:LIMIT]
     one = run.evaluate(model, processor, family, rows, _TrainEvalCfg(batch_size=1), progress=False)
     batched = run.evaluate(
@@ -124,9 +124,9 @@ def test_batched_equals_one_by_one(base_run, tiny_qwen2_audio, prepared_synth):
     assert all(r["audio_mode"] == "noise" for r in noise_all)
 
 
-def test_audio_none_then_compare_and_export(base_run, tiny_qwen2_audio, prepared_synth, tmp_path, capsys):
+def test_audio_none_then_compare_and_export(base_run, tiny_qwen2_audio_fast, prepared_synth, tmp_path, capsys):
     ablated = tmp_path / "noaudio"
-    assert run.main(_argv(tiny_qwen2_audio, prepared_synth, ablated, "--audio", "none")) == 0
+    assert run.main(_argv(tiny_qwen2_audio_fast, prepared_synth, ablated, "--audio", "none")) == 0
     metrics = json.loads((ablated / "metrics.json").read_text())
     assert metrics["audio_mode"] == "none" and metrics["ablation"]["audio"] == "none"
     assert "without the audio" in metrics["ablation"]["note"]
@@ -165,24 +165,24 @@ def _make_adapter(model_dir: Path, out: Path, train_groups: list[str], r: int = 
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tiny_qwen2_audio, prepared_synth, tmp_path_factory) -> Path:
+def adapter_dir(tiny_qwen2_audio_fast, prepared_synth, tmp_path_factory) -> Path:
     test_groups = [r["group"] for r in read_jsonl(prepared_synth / "test.jsonl")][:2]
     return _make_adapter(
-        tiny_qwen2_audio, tmp_path_factory.mktemp("adapter"), ["train-only-group", *test_groups]
+        tiny_qwen2_audio_fast, tmp_path_factory.mktemp("adapter"), ["train-only-group", *test_groups]
     )
 
 
-def test_leakage_guard_refuses_then_allows(adapter_dir, tiny_qwen2_audio, prepared_synth, tmp_path):
+def test_leakage_guard_refuses_then_allows(adapter_dir, tiny_qwen2_audio_fast, prepared_synth, tmp_path):
     out = tmp_path / "leaky"
     with pytest.raises(run.EvalError, match=r"shares 2 group\(s\) with the adapter's training split"):
         run.run(
             run.parse_config(
-                run.EvalConfig, _argv(tiny_qwen2_audio, prepared_synth, out, "--adapter", str(adapter_dir))
+                run.EvalConfig, _argv(tiny_qwen2_audio_fast, prepared_synth, out, "--adapter", str(adapter_dir))
             )
         )
     assert not (out / "predictions.jsonl").exists()
     argv = _argv(
-        tiny_qwen2_audio,
+        tiny_qwen2_audio_fast,
         prepared_synth,
         out,
         "--adapter",
@@ -194,17 +194,17 @@ def test_leakage_guard_refuses_then_allows(adapter_dir, tiny_qwen2_audio, prepar
     assert run.main(argv) == 0
     info = json.loads((out / "run_info.json").read_text())
     assert info["leakage"] == {"checked": True, "overlap_groups": 2, "allowed": True}
-    assert info["adapter_base_model"] == str(tiny_qwen2_audio)
+    assert info["adapter_base_model"] == str(tiny_qwen2_audio_fast)
 
 
-def test_adapter_for_another_base_is_refused(adapter_dir, tiny_qwen2_audio, prepared_synth, tmp_path):
+def test_adapter_for_another_base_is_refused(adapter_dir, tiny_qwen2_audio_fast, prepared_synth, tmp_path):
     other = tmp_path / "adapter"
     shutil.copytree(adapter_dir, other)
     cfg = json.loads((other / "adapter_config.json").read_text())
     (other / "adapter_config.json").write_text(
         json.dumps({**cfg, "base_model_name_or_path": "Qwen/Qwen2.5-Omni-7B"})
     )
-    argv = _argv(tiny_qwen2_audio, prepared_synth, tmp_path / "x", "--adapter", str(other), "--allow_overlap")
+    argv = _argv(tiny_qwen2_audio_fast, prepared_synth, tmp_path / "x", "--adapter", str(other), "--allow_overlap")
     with pytest.raises(run.EvalError, match="was trained on base model 'Qwen/Qwen2.5-Omni-7B'"):
         run.run(run.parse_config(run.EvalConfig, argv))
     # Same name but other shapes (rank 8 config over rank 4 weights): a clear error, not a traceback.
@@ -214,6 +214,6 @@ def test_adapter_for_another_base_is_refused(adapter_dir, tiny_qwen2_audio, prep
     assert run.main(argv) == 2
 
 
-def test_not_a_dataset_dir(tiny_qwen2_audio, tmp_path):
+def test_not_a_dataset_dir(tiny_qwen2_audio_fast, tmp_path):
     with pytest.raises(run.EvalError, match="not a prepared dataset dir"):
-        run.run(run.parse_config(run.EvalConfig, _argv(tiny_qwen2_audio, tmp_path, tmp_path / "o")))
+        run.run(run.parse_config(run.EvalConfig, _argv(tiny_qwen2_audio_fast, tmp_path, tmp_path / "o")))

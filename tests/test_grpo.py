@@ -180,14 +180,14 @@ def test_encode_once_per_prompt_matches_encode_prompts(tiny_qwen2_audio, prepare
         assert torch.equal(once[key], every[key]), key
 
 
-def _one_answer_rows(prepared_synth: Path, n: int) -> list[dict]:
-    """Short prompts over the synthetic clips where option A is always right."""
+def _one_answer_rows(prepared_synth: Path, n: int, answer_index: int) -> list[dict]:
+    """Short prompts over the synthetic clips, "A or B?", where `answer_index` is always right."""
     rows = [json.loads(line) for line in (prepared_synth / "train.jsonl").read_text().splitlines()[:n]]
     return [
         {
             "id": row["id"],
             "choices": ["yes", "no"],
-            "answer_index": 0,
+            "answer_index": answer_index,
             "messages": [
                 {"role": "system", "content": [{"type": "text", "text": "Answer.", "path": None}]},
                 {
@@ -197,23 +197,37 @@ def _one_answer_rows(prepared_synth: Path, n: int) -> list[dict]:
                         {"type": "text", "text": "A or B?", "path": None},
                     ],
                 },
-                {"role": "assistant", "content": [{"type": "text", "text": "A", "path": None}]},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": "AB"[answer_index], "path": None}],
+                },
             ],
         }
         for row in rows
     ]
 
 
+def _less_likely(model, family, processor, rows: list[dict], token_ids: list[int]) -> int:
+    """Index of the token the untrained model gives the lower next-token probability after the prompts."""
+    from train.collator import encode_prompts
+
+    with torch.no_grad():
+        logits = model(**encode_prompts(family, processor, rows)).logits[:, -1, token_ids]
+    return int(logits.softmax(-1).mean(0).argmin())
+
+
 def test_accuracy_reward_rises_when_one_answer_is_always_right(
     tiny_qwen2_audio, prepared_synth, tmp_path, compact_logprobs
 ):
-    """A real learning signal: GRPO turns chance-level accuracy into a preference for the right answer.
+    """A real learning signal: GRPO turns a dispreferred answer into the preferred one.
 
     Direct one-token answers, sampled from the option letters only (a +30 logit bias on A and B,
-    like a constrained decoder), so the random model starts near chance (~0.5) and only the
-    policy's own logits decide between A and B. Temperature 0.5 (trl divides the logits by the
-    same temperature in the loss) lets the 64-wide head express a clear preference. With the
-    learning rate at ~0 the same run stays at 0.3-0.5 (checked when this test was written).
+    like a constrained decoder), so only the policy's own logits decide between A and B. The
+    right letter is the one the untrained model prefers less, so the run starts at or below
+    chance whatever the random weights (they differ with the tokenizer the tiny model was built
+    with). Temperature 0.5 (trl divides the logits by the same temperature in the loss) lets the
+    64-wide head express a clear preference. Control, measured when this test was written: with
+    the learning rate at ~0 the last 4 steps average 0.31 (both tokenizers), the first 4 0.31-0.44.
     """
     from datasets import Dataset
 
@@ -228,28 +242,28 @@ def test_accuracy_reward_rises_when_one_answer_is_always_right(
     processor = family.load_processor(str(tiny_qwen2_audio))
     model = family.load_model(str(tiny_qwen2_audio), dtype="float32", attn_implementation="eager")
     model = recipe.add_lora(model, family, cfg.lora)
+    letters = [processor.tokenizer.convert_tokens_to_ids(c) for c in "AB"]
+    answer = _less_likely(model, family, processor, _one_answer_rows(prepared_synth, 8, 0), letters)
     trainer = grpo.AudioGRPOTrainer(
         model=model,
         reward_funcs=[accuracy_reward],
         args=grpo.grpo_args(cfg, [1.0]),
-        train_dataset=grpo.with_prompts(Dataset.from_list(_one_answer_rows(prepared_synth, 8))),
+        train_dataset=grpo.with_prompts(Dataset.from_list(_one_answer_rows(prepared_synth, 8, answer))),
         processing_class=processor,
         family=family,
     )
-    letters = [processor.tokenizer.convert_tokens_to_ids(c) for c in "AB"]
     bias = [[[t], 30.0] for t in letters]
     trainer.generation_config.sequence_bias = bias
     trainer.generation_kwargs["sequence_bias"] = bias
 
     trainer.train()
 
-    acc = [
-        h["rewards/accuracy_reward/mean"]
-        for h in trainer.state.log_history
-        if "rewards/accuracy_reward/mean" in h
-    ]
+    key = "rewards/accuracy_reward/mean"
+    acc = [h[key] for h in trainer.state.log_history if key in h]
     assert len(acc) == 12
-    first, last = sum(acc[:4]) / 4, sum(acc[-4:]) / 4  # seeds 0-2 gave 0.53/0.97, 0.50/0.91, 0.59/0.91
+    # Measured (first 4 / last 4 steps): real Qwen2 vocab seeds 0, 1: 0.53/0.97, 0.50/0.91;
+    # fallback-BPE tiny model seeds 0, 1: 0.56/0.97, 0.66/1.00.
+    first, last = sum(acc[:4]) / 4, sum(acc[-4:]) / 4
     assert last > first + 0.2, acc
 
 

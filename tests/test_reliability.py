@@ -213,12 +213,12 @@ def _lines(path: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_eval_killed_midway_then_rerun_equals_uninterrupted(tiny_qwen2_audio, prepared_synth, tmp_path):
+def test_eval_killed_midway_then_rerun_equals_uninterrupted(tiny_qwen2_audio_fast, prepared_synth, tmp_path):
     from eval import run
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert run.main(_eval_argv(tiny_qwen2_audio, prepared_synth, straight)) == 0
-    cmd = [sys.executable, "-m", "eval.run", *_eval_argv(tiny_qwen2_audio, prepared_synth, killed)]
+    assert run.main(_eval_argv(tiny_qwen2_audio_fast, prepared_synth, straight)) == 0
+    cmd = [sys.executable, "-m", "eval.run", *_eval_argv(tiny_qwen2_audio_fast, prepared_synth, killed)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     preds = killed / "predictions.jsonl"
     deadline = time.monotonic() + 300
@@ -229,7 +229,7 @@ def test_eval_killed_midway_then_rerun_equals_uninterrupted(tiny_qwen2_audio, pr
     done_at_kill = len(_lines(preds))
     assert 4 <= done_at_kill < EVAL_LIMIT, f"kill landed after {done_at_kill} predictions"
     assert json.loads((killed / "run_info.json").read_text())["status"] == "running"
-    assert run.main(_eval_argv(tiny_qwen2_audio, prepared_synth, killed)) == 0
+    assert run.main(_eval_argv(tiny_qwen2_audio_fast, prepared_synth, killed)) == 0
     ids = [json.loads(line)["id"] for line in _lines(preds)]
     assert len(ids) == len(set(ids)) == EVAL_LIMIT, "duplicated or lost prediction lines"
 
@@ -283,14 +283,14 @@ def _run_ok(cmd: list[str]) -> None:
 
 @pytest.mark.slow
 def test_training_kill9_after_checkpoint_then_resume_equals_straight(
-    tiny_qwen2_audio, prepared_synth, tmp_path
+    tiny_qwen2_audio_fast, prepared_synth, tmp_path
 ):
     import torch
     from safetensors.torch import load_file
 
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    _run_ok(_train_cmd(tiny_qwen2_audio, prepared_synth, straight))
-    cmd = _train_cmd(tiny_qwen2_audio, prepared_synth, crashed)
+    _run_ok(_train_cmd(tiny_qwen2_audio_fast, prepared_synth, straight))
+    cmd = _train_cmd(tiny_qwen2_audio_fast, prepared_synth, crashed)
     # Own session: SIGKILL to the group takes down the launcher and both ranks at once.
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -323,11 +323,7 @@ def test_resume_latest_skips_a_torn_checkpoint(tmp_path):
     torn.mkdir()
     (torn / "adapter_model.safetensors").write_bytes(b"")
     cfg = TrainingConfig(output_dir=str(tmp_path), resume_from_checkpoint="latest")
-    if resolve_resume(cfg) != str(good):
-        pytest.xfail(
-            "train.recipe.resolve_resume('latest') takes the highest-numbered checkpoint-* even when it is "
-            "torn (HF get_last_checkpoint); change requested: pick the newest with trainer_state.json"
-        )
+    assert resolve_resume(cfg) == str(good)
 
 
 # -- safe loading -------------------------------------------------------------------------------
@@ -365,16 +361,16 @@ def test_no_pickle_loads_of_user_files():
     assert not hits, hits
 
 
-def test_weights_are_safetensors_and_bin_adapters_are_refused(tiny_qwen2_audio, tmp_path):
+def test_weights_are_safetensors_and_bin_adapters_are_refused(tiny_qwen2_audio_fast, tmp_path):
     from eval.run import EvalError, check_adapter
 
-    assert (tiny_qwen2_audio / "model.safetensors").exists()
-    assert not list(tiny_qwen2_audio.glob("*.bin")) and not list(tiny_qwen2_audio.glob("*.pt"))
+    assert (tiny_qwen2_audio_fast / "model.safetensors").exists()
+    assert not list(tiny_qwen2_audio_fast.glob("*.bin")) and not list(tiny_qwen2_audio_fast.glob("*.pt"))
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(
-        json.dumps({"base_model_name_or_path": str(tiny_qwen2_audio)})
+        json.dumps({"base_model_name_or_path": str(tiny_qwen2_audio_fast)})
     )
     (adapter / "adapter_model.bin").write_bytes(b"not loaded")
     with pytest.raises(EvalError, match="no adapter_model.safetensors"):
-        check_adapter(adapter, str(tiny_qwen2_audio), allow_base_mismatch=False)
+        check_adapter(adapter, str(tiny_qwen2_audio_fast), allow_base_mismatch=False)

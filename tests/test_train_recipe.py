@@ -113,21 +113,21 @@ def _adapter_tensors(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def zero2_straight(tiny_qwen2_audio, datasets_dir, tmp_path_factory) -> Path:
+def zero2_straight(tiny_qwen2_audio_fast, datasets_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zero2") / "run"
-    argv = _argv(tiny_qwen2_audio, datasets_dir["mixed"], out, max_steps=4, save_steps=2,
+    argv = _argv(tiny_qwen2_audio_fast, datasets_dir["mixed"], out, max_steps=4, save_steps=2,
                  lr_scheduler_type="cosine", report_to="wandb", val_split="val", eval_steps=4)  # fmt: skip
     _ok(_launch(argv, ranks=2))
     return out
 
 
 @pytest.fixture(scope="module")
-def ga2_same(tiny_qwen2_audio, datasets_dir, tmp_path_factory) -> Path:
+def ga2_same(tiny_qwen2_audio_fast, datasets_dir, tmp_path_factory) -> Path:
     from train import recipe
     from train.config import load_config
 
     out = tmp_path_factory.mktemp("ga2") / "run"
-    argv = _argv(tiny_qwen2_audio, datasets_dir["same"], out, max_steps=1, per_device_train_batch_size=1,
+    argv = _argv(tiny_qwen2_audio_fast, datasets_dir["same"], out, max_steps=1, per_device_train_batch_size=1,
                  gradient_accumulation_steps=2, deepspeed="null")  # fmt: skip
     recipe.main(load_config(argv))
     return out
@@ -138,7 +138,7 @@ def ga2_same(tiny_qwen2_audio, datasets_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_zero2_two_ranks_same_adapter_run_files_and_wandb(
-    zero2_straight: Path, tiny_qwen2_audio: Path
+    zero2_straight: Path, tiny_qwen2_audio_fast: Path
 ) -> None:
     from peft import PeftModel
 
@@ -155,7 +155,7 @@ def test_zero2_two_ranks_same_adapter_run_files_and_wandb(
     load_config(["--config", str(out / "run_config.yaml")])  # the resolved config reloads as is
     assert (out / "trainer_state.json").exists() and (out / "checkpoint-4").is_dir()
     # Standard PEFT format, loadable on the base model.
-    base = get_family("qwen2_audio").load_model(str(tiny_qwen2_audio), dtype="float32")
+    base = get_family("qwen2_audio").load_model(str(tiny_qwen2_audio_fast), dtype="float32")
     PeftModel.from_pretrained(base, str(out))
     # W&B offline run (rank 0 only) with namespaced metrics.
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -167,14 +167,14 @@ def test_zero2_two_ranks_same_adapter_run_files_and_wandb(
 
 @pytest.mark.slow
 def test_kill_after_checkpoint_then_resume_equals_straight_run(
-    zero2_straight: Path, tiny_qwen2_audio, datasets_dir, tmp_path_factory
+    zero2_straight: Path, tiny_qwen2_audio_fast, datasets_dir, tmp_path_factory
 ) -> None:
     import torch
 
     out = tmp_path_factory.mktemp("resume") / "run"
     # No validation here: it does not touch the weights, and each pass costs a model forward.
     argv = _argv(
-        tiny_qwen2_audio, datasets_dir["mixed"], out, max_steps=4, save_steps=2, lr_scheduler_type="cosine"
+        tiny_qwen2_audio_fast, datasets_dir["mixed"], out, max_steps=4, save_steps=2, lr_scheduler_type="cosine"
     )
     crashed = _launch(argv, ranks=2, env={"ART_FAULT_AT_STEP": "2"})
     assert crashed.returncode != 0, "the fault hook should have killed the run"
@@ -189,7 +189,7 @@ def test_kill_after_checkpoint_then_resume_equals_straight_run(
 
 @pytest.mark.slow
 def test_zero3_two_ranks_and_loss_is_not_scaled_by_ranks_or_accumulation(
-    tiny_qwen2_audio, datasets_dir, ga2_same: Path, tmp_path_factory
+    tiny_qwen2_audio_fast, datasets_dir, ga2_same: Path, tmp_path_factory
 ) -> None:
     """Same data: 2 ranks x 1 (ZeRO-3), 1 rank x 2 (plain python + ZeRO-2 JSON), 1 x 1 x GA 2.
 
@@ -197,7 +197,7 @@ def test_zero3_two_ranks_and_loss_is_not_scaled_by_ranks_or_accumulation(
     until the family set accepts_loss_kwargs = False.
     """
     z3 = tmp_path_factory.mktemp("zero3") / "run"
-    _ok(_launch(_argv(tiny_qwen2_audio, datasets_dir["same"], z3, max_steps=1, per_device_train_batch_size=1,
+    _ok(_launch(_argv(tiny_qwen2_audio_fast, datasets_dir["same"], z3, max_steps=1, per_device_train_batch_size=1,
                       deepspeed="configs/deepspeed/zero3.json"), ranks=2))  # fmt: skip
     info = json.loads((z3 / "run_info.json").read_text())
     assert len(info["adapter_digests"]) == 2 and len(set(info["adapter_digests"])) == 1
@@ -210,7 +210,7 @@ def test_zero3_two_ranks_and_loss_is_not_scaled_by_ranks_or_accumulation(
         assert (z3_tensors[key] - ref[key]).abs().max() < 1e-4, key
 
     one = tmp_path_factory.mktemp("one-rank") / "run"
-    _ok(_launch(_argv(tiny_qwen2_audio, datasets_dir["same"], one, max_steps=1), ranks=0))
+    _ok(_launch(_argv(tiny_qwen2_audio_fast, datasets_dir["same"], one, max_steps=1), ranks=0))
 
     losses = {"2 ranks": _first_loss(z3), "1 rank": _first_loss(one), "GA 2": _first_loss(ga2_same)}
     ref = losses["1 rank"]
@@ -218,7 +218,7 @@ def test_zero3_two_ranks_and_loss_is_not_scaled_by_ranks_or_accumulation(
 
 
 @pytest.mark.slow
-def test_lora_and_projector_moved_base_frozen(ga2_same: Path, tiny_qwen2_audio: Path) -> None:
+def test_lora_and_projector_moved_base_frozen(ga2_same: Path, tiny_qwen2_audio_fast: Path) -> None:
     import torch
     from peft import PeftModel
 
@@ -228,12 +228,12 @@ def test_lora_and_projector_moved_base_frozen(ga2_same: Path, tiny_qwen2_audio: 
 
     fam = get_family("qwen2_audio")
     # Only LoRA and the projector (modules_to_save) train; encoder and LLM are frozen.
-    model = add_lora(fam.load_model(str(tiny_qwen2_audio), dtype="float32"), fam, LoraConfig(r=4, alpha=8))
+    model = add_lora(fam.load_model(str(tiny_qwen2_audio_fast), dtype="float32"), fam, LoraConfig(r=4, alpha=8))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "multi_modal_projector.modules_to_save" in n for n in trainable)
     assert not any("audio_tower" in n for n in trainable)
 
-    base = fam.load_model(str(tiny_qwen2_audio), dtype="float32")
+    base = fam.load_model(str(tiny_qwen2_audio_fast), dtype="float32")
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     tuned = PeftModel.from_pretrained(base, str(ga2_same))
     saved = _adapter_tensors(ga2_same)
@@ -250,7 +250,7 @@ def test_lora_and_projector_moved_base_frozen(ga2_same: Path, tiny_qwen2_audio: 
 
 @pytest.mark.slow
 def test_merge_adapter_gives_the_same_logits(
-    ga2_same: Path, tiny_qwen2_audio: Path, datasets_dir, tmp_path
+    ga2_same: Path, tiny_qwen2_audio_fast: Path, datasets_dir, tmp_path
 ) -> None:
     import torch
     from datasets import load_from_disk
@@ -261,7 +261,7 @@ def test_merge_adapter_gives_the_same_logits(
     from train.families import get_family
 
     merged_dir = tmp_path / "merged"
-    merge_main(["--base", str(tiny_qwen2_audio), "--adapter", str(ga2_same), "--out", str(merged_dir)])
+    merge_main(["--base", str(tiny_qwen2_audio_fast), "--adapter", str(ga2_same), "--out", str(merged_dir)])
     fam = get_family("qwen2_audio")
     processor = fam.load_processor(str(merged_dir))
     rows = [load_from_disk(str(datasets_dir["mixed"] / "hf" / "train"))[i] for i in range(2)]
@@ -269,10 +269,10 @@ def test_merge_adapter_gives_the_same_logits(
     batch.pop("labels")
     with torch.no_grad():
         tuned = PeftModel.from_pretrained(
-            fam.load_model(str(tiny_qwen2_audio), dtype="float32"), str(ga2_same)
+            fam.load_model(str(tiny_qwen2_audio_fast), dtype="float32"), str(ga2_same)
         )
         expected = tuned.eval()(**batch).logits
         got = fam.load_model(str(merged_dir), dtype="float32").eval()(**batch).logits
-        base = fam.load_model(str(tiny_qwen2_audio), dtype="float32").eval()(**batch).logits
+        base = fam.load_model(str(tiny_qwen2_audio_fast), dtype="float32").eval()(**batch).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(base, expected), "adapter had no effect: the comparison proves nothing"

@@ -383,15 +383,28 @@ def fault_injection_callbacks() -> list:
 # 6. train ---------------------------------------------------------------------------------------
 
 
-def resolve_resume(t: TrainingConfig) -> str | None:
-    """`latest` -> newest checkpoint-* in output_dir (none yet: start fresh), else a path or None."""
-    from transformers.trainer_utils import get_last_checkpoint
+def newest_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The highest-numbered checkpoint-* that finished saving, warning about torn ones.
 
+    transformers does not write checkpoints atomically and writes trainer_state.json last, so a
+    kill during saving leaves a newer folder without it; resuming from that would crash or load
+    half-written weights.
+    """
+    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
+        if (folder / "trainer_state.json").exists():
+            return str(folder)
+        logger.warning("skipping %s: no trainer_state.json (interrupted while saving)", folder)
+    return None
+
+
+def resolve_resume(t: TrainingConfig) -> str | None:
+    """`latest` -> newest complete checkpoint-* in output_dir (none yet: start fresh), else a path."""
     value = t.resume_from_checkpoint
     if not value:
         return None
     if value == "latest":
-        last = get_last_checkpoint(t.output_dir) if Path(t.output_dir).is_dir() else None
+        last = newest_complete_checkpoint(t.output_dir) if Path(t.output_dir).is_dir() else None
         if last is None:
             logger.warning("resume_from_checkpoint=latest: no checkpoint in %s, starting fresh", t.output_dir)
         else:
