@@ -9,7 +9,6 @@ Every number comes from the two predictions.jsonl files, paired by item id.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from common.io import atomic_write_json, read_jsonl

@@ -91,9 +91,13 @@ def prepared_synth(synth_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared")
     return run(
         [
-            "--config", str(REPO / "configs/data/synth_cot.yaml"),
-            "--source.path", str(synth_dir / "meta.jsonl"),
-            "--audio_root", str(synth_dir),
-            "--out_dir", str(out),
+            "--config",
+            str(REPO / "configs/data/synth_cot.yaml"),
+            "--source.path",
+            str(synth_dir / "meta.jsonl"),
+            "--audio_root",
+            str(synth_dir),
+            "--out_dir",
+            str(out),
         ]
     )

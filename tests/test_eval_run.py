@@ -124,7 +124,9 @@ def test_batched_equals_one_by_one(base_run, tiny_qwen2_audio_fast, prepared_syn
     assert all(r["audio_mode"] == "noise" for r in noise_all)
 
 
-def test_audio_none_then_compare_and_export(base_run, tiny_qwen2_audio_fast, prepared_synth, tmp_path, capsys):
+def test_audio_none_then_compare_and_export(
+    base_run, tiny_qwen2_audio_fast, prepared_synth, tmp_path, capsys
+):
     ablated = tmp_path / "noaudio"
     assert run.main(_argv(tiny_qwen2_audio_fast, prepared_synth, ablated, "--audio", "none")) == 0
     metrics = json.loads((ablated / "metrics.json").read_text())
@@ -177,7 +179,8 @@ def test_leakage_guard_refuses_then_allows(adapter_dir, tiny_qwen2_audio_fast, p
     with pytest.raises(run.EvalError, match=r"shares 2 group\(s\) with the adapter's training split"):
         run.run(
             run.parse_config(
-                run.EvalConfig, _argv(tiny_qwen2_audio_fast, prepared_synth, out, "--adapter", str(adapter_dir))
+                run.EvalConfig,
+                _argv(tiny_qwen2_audio_fast, prepared_synth, out, "--adapter", str(adapter_dir)),
             )
         )
     assert not (out / "predictions.jsonl").exists()
@@ -204,7 +207,9 @@ def test_adapter_for_another_base_is_refused(adapter_dir, tiny_qwen2_audio_fast,
     (other / "adapter_config.json").write_text(
         json.dumps({**cfg, "base_model_name_or_path": "Qwen/Qwen2.5-Omni-7B"})
     )
-    argv = _argv(tiny_qwen2_audio_fast, prepared_synth, tmp_path / "x", "--adapter", str(other), "--allow_overlap")
+    argv = _argv(
+        tiny_qwen2_audio_fast, prepared_synth, tmp_path / "x", "--adapter", str(other), "--allow_overlap"
+    )
     with pytest.raises(run.EvalError, match="was trained on base model 'Qwen/Qwen2.5-Omni-7B'"):
         run.run(run.parse_config(run.EvalConfig, argv))
     # Same name but other shapes (rank 8 config over rank 4 weights): a clear error, not a traceback.

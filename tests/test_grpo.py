@@ -1,10 +1,11 @@
 """GRPO on the tiny Qwen2-Audio: the audio reaches every forward, the real launcher runs, it learns.
 
 CPU cost note: trl scores log-probs at every position of the sequence on devices without Triton
-(prompt included: here ~150k-vocabulary logits for each audio and prompt token), and only at the
-completion positions on CUDA. The in-process tests switch trl to its CUDA-style compact scoring
-(`compact_logprobs`), which gives the same log-probs for the completion tokens in a fraction of the
-time; the multi-process test runs trl unmodified.
+(prompt included: with the real 151k vocabulary, logits for each audio and prompt token), and only
+at the completion positions on CUDA. The in-process tests switch trl to its CUDA-style compact
+scoring (`compact_logprobs`), which gives the same log-probs for the completion tokens in a
+fraction of the time; the multi-process test runs trl unmodified on the 1k-vocabulary tiny model
+(`tiny_qwen2_audio_fast`), as does the learning test (many steps).
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def _less_likely(model, family, processor, rows: list[dict], token_ids: list[int
 
 
 def test_accuracy_reward_rises_when_one_answer_is_always_right(
-    tiny_qwen2_audio, prepared_synth, tmp_path, compact_logprobs
+    tiny_qwen2_audio_fast, prepared_synth, tmp_path, compact_logprobs
 ):
     """A real learning signal: GRPO turns a dispreferred answer into the preferred one.
 
@@ -233,14 +234,14 @@ def test_accuracy_reward_rises_when_one_answer_is_always_right(
 
     family = get_family("qwen2_audio")
     cfg = _cfg(
-        tiny_qwen2_audio,
+        tiny_qwen2_audio_fast,
         prepared_synth,
         tmp_path / "run",
         {"max_steps": 12, "per_device_train_batch_size": 8, "learning_rate": 1e-3},
         {"num_generations": 8, "max_completion_length": 1, "beta": 0.0, "temperature": 0.5},
     )
-    processor = family.load_processor(str(tiny_qwen2_audio))
-    model = family.load_model(str(tiny_qwen2_audio), dtype="float32", attn_implementation="eager")
+    processor = family.load_processor(str(tiny_qwen2_audio_fast))
+    model = family.load_model(str(tiny_qwen2_audio_fast), dtype="float32", attn_implementation="eager")
     model = recipe.add_lora(model, family, cfg.lora)
     letters = [processor.tokenizer.convert_tokens_to_ids(c) for c in "AB"]
     answer = _less_likely(model, family, processor, _one_answer_rows(prepared_synth, 8, 0), letters)
@@ -274,7 +275,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_deepspeed_two_ranks(tiny_qwen2_audio, prepared_synth, tmp_path):
+def test_deepspeed_two_ranks(tiny_qwen2_audio_fast, prepared_synth, tmp_path):
     """`deepspeed train.py --config configs/tiny/grpo.yaml` with 2 CPU ranks, as a user runs it."""
     out = tmp_path / "run"
     cmd = [
@@ -287,7 +288,7 @@ def test_deepspeed_two_ranks(tiny_qwen2_audio, prepared_synth, tmp_path):
         "--config",
         "configs/tiny/grpo.yaml",
         "--model_name_or_path",
-        str(tiny_qwen2_audio),
+        str(tiny_qwen2_audio_fast),
         "--dataset_dir",
         str(prepared_synth),
         "--output_dir",

@@ -5,7 +5,6 @@ Coverage that lives elsewhere (not repeated here):
   tests/test_data_readers.py (missing/zero-byte/corrupt/NaN/silent clips, long-clip policies, path
   escapes, missing fields, too few choices, malformed JSON lines, duplicate ids);
 - eval resume from a truncated predictions file and batched == one-by-one: tests/test_eval_run.py;
-- training killed by the in-process fault hook (ART_FAULT_AT_STEP) and resumed: tests/test_train_recipe.py.
 Here: the whole corpus through data_prep.prepare in one run, file-level errors through the CLI,
 eval.run and training killed from outside (SIGKILL of the process group, as a preempted node is).
 """

@@ -166,28 +166,6 @@ def test_zero2_two_ranks_same_adapter_run_files_and_wandb(
 
 
 @pytest.mark.slow
-def test_kill_after_checkpoint_then_resume_equals_straight_run(
-    zero2_straight: Path, tiny_qwen2_audio_fast, datasets_dir, tmp_path_factory
-) -> None:
-    import torch
-
-    out = tmp_path_factory.mktemp("resume") / "run"
-    # No validation here: it does not touch the weights, and each pass costs a model forward.
-    argv = _argv(
-        tiny_qwen2_audio_fast, datasets_dir["mixed"], out, max_steps=4, save_steps=2, lr_scheduler_type="cosine"
-    )
-    crashed = _launch(argv, ranks=2, env={"ART_FAULT_AT_STEP": "2"})
-    assert crashed.returncode != 0, "the fault hook should have killed the run"
-    assert (out / "checkpoint-2").is_dir() and not (out / "adapter_model.safetensors").exists()
-    _ok(_launch(argv + ["--resume_from_checkpoint", "latest"], ranks=2))
-    straight, resumed = _adapter_tensors(zero2_straight), _adapter_tensors(out)
-    assert straight.keys() == resumed.keys()
-    for key in straight:
-        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
-    assert json.loads((out / "run_info.json").read_text())["global_step"] == 4
-
-
-@pytest.mark.slow
 def test_zero3_two_ranks_and_loss_is_not_scaled_by_ranks_or_accumulation(
     tiny_qwen2_audio_fast, datasets_dir, ga2_same: Path, tmp_path_factory
 ) -> None:
@@ -228,7 +206,9 @@ def test_lora_and_projector_moved_base_frozen(ga2_same: Path, tiny_qwen2_audio_f
 
     fam = get_family("qwen2_audio")
     # Only LoRA and the projector (modules_to_save) train; encoder and LLM are frozen.
-    model = add_lora(fam.load_model(str(tiny_qwen2_audio_fast), dtype="float32"), fam, LoraConfig(r=4, alpha=8))
+    model = add_lora(
+        fam.load_model(str(tiny_qwen2_audio_fast), dtype="float32"), fam, LoraConfig(r=4, alpha=8)
+    )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "multi_modal_projector.modules_to_save" in n for n in trainable)
     assert not any("audio_tower" in n for n in trainable)

@@ -19,7 +19,6 @@ import inspect
 import json
 import logging
 import os
-import signal
 import subprocess
 from collections import Counter
 from datetime import UTC, datetime
@@ -37,7 +36,6 @@ from train.config import DataConfig, LoraConfig, TrainConfig, TrainingConfig
 logger = logging.getLogger(__name__)
 
 LENGTH_COLUMN = "length"  # token length per sample, read by the trainer's length-grouped sampler
-FAULT_ENV = "ART_FAULT_AT_STEP"  # test hook: kill -9 this process right after saving checkpoint N
 
 
 def main(cfg: TrainConfig) -> Path:
@@ -82,7 +80,7 @@ def main(cfg: TrainConfig) -> Path:
     run_info = build_run_info(cfg, family, manifest, train_ds, train_skipped)
     write_run_files(out, cfg, run_info)
     wandb_mode = tracking.start_run(cfg, run_info)
-    callbacks = tracking.tracking_callbacks(cfg, wandb_mode) + fault_injection_callbacks()
+    callbacks = tracking.tracking_callbacks(cfg, wandb_mode)
     trainer = build_trainer(cfg, model, processor, collator, train_ds, val_ds, callbacks)
 
     # 6. train
@@ -353,31 +351,6 @@ def build_trainer(
         processing_class=processor,
         callbacks=callbacks,
     )
-
-
-def fault_injection_callbacks() -> list:
-    """With ART_FAULT_AT_STEP=N set, SIGKILL every rank right after checkpoint N is on disk.
-
-    Used by the crash/resume test to stop a run at an exact step, the way a preempted node does;
-    absent unless the variable is set.
-    """
-    if not os.environ.get(FAULT_ENV):
-        return []
-    from transformers import TrainerCallback
-
-    step = int(os.environ[FAULT_ENV])
-
-    class _Kill(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                import torch.distributed as dist
-
-                if dist.is_initialized():
-                    dist.barrier()  # every rank has written its shard of the checkpoint
-                logger.warning("%s=%d: killing this rank after the checkpoint", FAULT_ENV, step)
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    return [_Kill()]
 
 
 # 6. train ---------------------------------------------------------------------------------------
