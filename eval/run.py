@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ from common.io import (
     sha256_file,
 )
 from common.logging_utils import setup_logging
-from common.paths import REPO_ROOT
+from common.provenance import git_sha, library_versions
 from eval.extract import extract_choice, option_text
 from eval.metrics import compute_metrics, summary_lines
 from eval.mmar import mmar_correct
@@ -365,37 +364,6 @@ def load_model_and_adapter(cfg: EvalConfig, family: Any) -> Any:
     return model.to(device).eval()
 
 
-def git_sha() -> str | None:
-    """HEAD of the repo (suffixed "-dirty" with uncommitted changes), None outside a checkout."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-
-
 def build_run_info(
     cfg: EvalConfig, data_dir: Path, manifest: dict, family_name: str, adapter_info: dict
 ) -> dict:
@@ -422,7 +390,7 @@ def build_run_info(
             "padding_side": "left",
         },  # fmt: skip
         "git_sha": git_sha(),
-        "versions": _versions(),
+        "versions": library_versions(),
         "config": asdict(cfg),
         **adapter_info,
     }

@@ -156,39 +156,10 @@ def grpo_args(cfg: TrainConfig, reward_weights: list[float], **overrides: Any) -
     `overrides` go to GRPOConfig as they are (trl knobs the YAML does not expose, e.g.
     `steps_per_generation`, `loss_type`).
     """
-    t, g = cfg.training, cfg.grpo
+    g = cfg.grpo
     kwargs: dict[str, Any] = dict(
-        output_dir=t.output_dir,
-        max_steps=t.max_steps,
-        num_train_epochs=t.num_train_epochs,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
-        bf16=t.bf16,
-        fp16=False,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
+        **recipe.shared_trainer_kwargs(cfg),
         eval_strategy="no",
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        seed=t.seed,
-        data_seed=t.seed,
-        deepspeed=t.deepspeed,
-        # On a host without CUDA, accelerate counts the launcher's ranks only when told it runs on CPU;
-        # otherwise every rank believes it is process 0 of 1 (no data sharding, no reward gathering
-        # across ranks, every rank writing the checkpoints). Measured with deepspeed 0.19 + gloo.
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=t.dataloader_num_workers,
-        report_to="none",  # W&B is logged by train.tracking (rank 0, namespaced keys)
-        run_name=cfg.wandb.run_name or Path(t.output_dir).name,
         remove_unused_columns=False,  # rewards need choices/answer_index; prompts need messages
         # GRPO proper
         num_generations=g.num_generations,

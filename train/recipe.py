@@ -19,7 +19,6 @@ import inspect
 import json
 import logging
 import os
-import subprocess
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 from common.config import to_yaml
 from common.io import atomic_write_json, atomic_write_text, sha256_file
 from common.logging_utils import is_main_process
-from common.paths import REPO_ROOT
+from common.provenance import git_sha, library_versions
 from train import tracking
 from train.config import DataConfig, LoraConfig, TrainConfig, TrainingConfig
 
@@ -283,20 +282,16 @@ def load_split(
 # 5. trainer -------------------------------------------------------------------------------------
 
 
-def sft_args(cfg: TrainConfig, has_val: bool) -> Any:
-    """trl.SFTConfig from our config. trl's own defaults (bf16 on, gradient checkpointing on, its
-    dataset preparation) are overridden explicitly: the collator does all preprocessing."""
+def shared_trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """TrainingArguments fields both recipes (SFT and GRPO) set the same way from our config."""
     import torch
-    from trl import SFTConfig
 
     t = cfg.training
-    eval_on = has_val and t.eval_steps is not None
-    return SFTConfig(
+    return dict(
         output_dir=t.output_dir,
         max_steps=t.max_steps,
         num_train_epochs=t.num_train_epochs,
         per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type,
@@ -309,12 +304,8 @@ def sft_args(cfg: TrainConfig, has_val: bool) -> Any:
         gradient_checkpointing=t.gradient_checkpointing,
         # Non-reentrant checkpointing works with a frozen embedding layer (no input grads needed).
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        length_column_name=LENGTH_COLUMN,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        eval_strategy="steps" if eval_on else "no",
-        eval_steps=t.eval_steps if eval_on else None,
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
@@ -322,13 +313,33 @@ def sft_args(cfg: TrainConfig, has_val: bool) -> Any:
         data_seed=t.seed,
         deepspeed=t.deepspeed,
         dataloader_num_workers=t.dataloader_num_workers,
-        ddp_find_unused_parameters=False,
+        # Workers live across epochs instead of being re-spawned (and re-importing torch) each one.
+        dataloader_persistent_workers=t.dataloader_num_workers > 0,
         # Without a GPU, use_cpu makes accelerate form a gloo group of all launched ranks; left
-        # False, each CPU rank silently trained alone (world size 1) and DeepSpeed's batch check failed.
+        # False, each CPU rank silently trained alone (world size 1): no data sharding, no gathering
+        # across ranks, and DeepSpeed's batch check failed. Measured with deepspeed 0.19 + gloo.
         use_cpu=not torch.cuda.is_available(),
-        include_num_input_tokens_seen="non_padding",
         report_to="none",  # W&B is logged by train.tracking (rank 0, namespaced keys)
         run_name=cfg.wandb.run_name or Path(t.output_dir).name,
+    )
+
+
+def sft_args(cfg: TrainConfig, has_val: bool) -> Any:
+    """trl.SFTConfig from our config. trl's own defaults (bf16 on, gradient checkpointing on, its
+    dataset preparation) are overridden explicitly: the collator does all preprocessing."""
+    from trl import SFTConfig
+
+    t = cfg.training
+    eval_on = has_val and t.eval_steps is not None
+    return SFTConfig(
+        **shared_trainer_kwargs(cfg),
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        length_column_name=LENGTH_COLUMN,
+        eval_strategy="steps" if eval_on else "no",
+        eval_steps=t.eval_steps if eval_on else None,
+        ddp_find_unused_parameters=False,
+        include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # the collator needs messages/audio_path, not model columns
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,  # truncation is the collator's job (it never cuts the audio run)
@@ -399,35 +410,6 @@ def last_eval(trainer: Any) -> dict | None:
 # 7. save ----------------------------------------------------------------------------------------
 
 
-def git_sha() -> str | None:
-    """HEAD of the repository checkout (with `-dirty` when there are local changes), None outside git."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    return {p: md.version(p) for p in ("torch", "transformers", "peft", "trl", "deepspeed", "datasets")}
-
-
 def build_run_info(
     cfg: TrainConfig, family: ModuleType, manifest: dict, train_ds: Any, skipped: list[dict]
 ) -> dict:
@@ -462,7 +444,7 @@ def build_run_info(
             },
         },
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        "versions": _versions(),
+        "versions": library_versions(),
     }
 
 
