@@ -24,7 +24,7 @@ import time
 
 from bench._common import emit, parse_args, print_table, synth_dataset, tiny_model, workdir
 
-FULL = {"items": 200, "max_new_tokens": 32}
+FULL = {"items": 200, "max_new_tokens": 128}  # a short CoT budget; real CoT runs use hundreds
 QUICK = {"items": 24, "max_new_tokens": 8}
 
 
