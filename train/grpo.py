@@ -55,16 +55,7 @@ def main(cfg: TrainConfig) -> Path:
     set_seed(cfg.training.seed)
 
     # 1. processor and model
-    family = recipe.resolve_family(cfg)
-    processor = family.load_processor(
-        cfg.model.model_name_or_path, trust_remote_code=cfg.model.trust_remote_code
-    )
-    model = family.load_model(
-        cfg.model.model_name_or_path,
-        dtype=cfg.model.dtype,
-        attn_implementation=cfg.model.attn_implementation,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
+    family, processor, model = recipe.load_model_and_processor(cfg)
 
     # 2. LoRA: the SFT recipe's helper (fresh adapter, or `lora.init_adapter` continued)
     model = recipe.add_lora(model, family, cfg.lora)

@@ -47,16 +47,7 @@ def main(cfg: TrainConfig) -> Path:
     set_seed(cfg.training.seed)
 
     # 1. processor and model
-    family = resolve_family(cfg)
-    processor = family.load_processor(
-        cfg.model.model_name_or_path, trust_remote_code=cfg.model.trust_remote_code
-    )
-    model = family.load_model(
-        cfg.model.model_name_or_path,
-        dtype=cfg.model.dtype,
-        attn_implementation=cfg.model.attn_implementation,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
+    family, processor, model = load_model_and_processor(cfg)
     check_loss_scaling(model)
 
     # 2. LoRA
@@ -109,6 +100,20 @@ def resolve_family(cfg: TrainConfig) -> ModuleType:
     name = cfg.model.family or family_of(cfg.model.model_name_or_path)
     logger.info("model %s, family %s", cfg.model.model_name_or_path, name)
     return get_family(name)
+
+
+def load_model_and_processor(cfg: TrainConfig) -> tuple[ModuleType, Any, Any]:
+    """The family module, its processor and the base model, through the real-checkpoint code path."""
+    family = resolve_family(cfg)
+    m = cfg.model
+    processor = family.load_processor(m.model_name_or_path, trust_remote_code=m.trust_remote_code)
+    model = family.load_model(
+        m.model_name_or_path,
+        dtype=m.dtype,
+        attn_implementation=m.attn_implementation,
+        trust_remote_code=m.trust_remote_code,
+    )
+    return family, processor, model
 
 
 def check_loss_scaling(model: Any) -> None:
