@@ -26,7 +26,6 @@ import functools
 import logging
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -35,8 +34,6 @@ import torch
 from transformers import Trainer, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
-from common.config import to_yaml
-from common.io import atomic_write_json, atomic_write_text
 from common.logging_utils import is_main_process
 from train import recipe, tracking
 from train.collator import encode_prompts
@@ -330,30 +327,10 @@ def log_completions_table(logs: dict, reward_names: list[str], weights: list[flo
 
 
 def save_run(trainer: AudioGRPOTrainer, cfg: TrainConfig, run_info: dict, final: dict) -> None:
-    """Adapter + processor (all ranks enter: ZeRO-3 gathers), then run files on rank 0."""
-    import torch.distributed as dist
-
-    out = Path(cfg.training.output_dir)
-    trainer.save_model(str(out))  # PEFT format: adapter_config.json + adapter_model.safetensors
-    digests = recipe.all_ranks(recipe.trainable_digest(trainer.model))
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"ranks disagree on the trained weights: {digests}")
+    """The SFT recipe's save, with the reward weights recorded and trl's reference copy removed."""
+    rewards = dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist()))
+    recipe.save_run(trainer, cfg, run_info, final, reward_functions=rewards)
     if trainer.is_world_process_zero():
-        trainer.processing_class.save_pretrained(str(out))
-        trainer.save_state()  # trainer_state.json (log history: rewards, KL, lengths per step)
-        run_info.update(
-            status="complete",
-            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            global_step=trainer.state.global_step,
-            final_metrics=final,
-            adapter_digests=digests,
-            reward_functions=dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist())),
-        )
-        atomic_write_json(out / "run_info.json", run_info)
-        atomic_write_text(out / "run_config.yaml", to_yaml(cfg))
         # trl keeps a frozen copy of the starting adapter named "ref" as the KL reference (beta > 0),
         # and PEFT saves it beside the trained one; it is only the starting point, so it goes.
-        shutil.rmtree(out / "ref", ignore_errors=True)
-        logger.info("saved adapter to %s (trainable sha256 %s)", out, digests[0][:12])
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # nobody leaves before the adapter is on disk
+        shutil.rmtree(Path(cfg.training.output_dir) / "ref", ignore_errors=True)

@@ -80,7 +80,7 @@ def main(cfg: TrainConfig) -> Path:
         final.update(tracking.namespaced(last_eval(trainer) or trainer.evaluate()))
 
     # 7. save
-    save_run(trainer, cfg, run_info, final, collator)
+    save_run(trainer, cfg, run_info, final, collator_dropped=dict(collator.skipped))
 
     # 8. eval at end (rank 0, on the saved adapter: it also proves the adapter loads)
     free_trainer(trainer)
@@ -493,8 +493,11 @@ def all_ranks(value: str) -> list[str]:
     return out
 
 
-def save_run(trainer: Any, cfg: TrainConfig, run_info: dict, final: dict, collator: Any) -> None:
-    """Adapter + processor (all ranks enter: ZeRO-3 gathers), then run files on rank 0."""
+def save_run(trainer: Any, cfg: TrainConfig, run_info: dict, final: dict, **extra_info: Any) -> None:
+    """Adapter + processor (all ranks enter: ZeRO-3 gathers), then run files on rank 0.
+
+    `extra_info` goes into run_info.json (the SFT collator's drop counts, GRPO's reward weights).
+    """
     import torch.distributed as dist
 
     out = Path(cfg.training.output_dir)
@@ -504,14 +507,14 @@ def save_run(trainer: Any, cfg: TrainConfig, run_info: dict, final: dict, collat
         raise RuntimeError(f"ranks disagree on the trained weights: {digests}")
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(str(out))
-        trainer.save_state()  # trainer_state.json (log history, global step)
+        trainer.save_state()  # trainer_state.json (log history: losses or rewards, global step)
         run_info.update(
             status="complete",
             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
             global_step=trainer.state.global_step,
             final_metrics=final,
             adapter_digests=digests,
-            collator_dropped=dict(collator.skipped),
+            **extra_info,
         )
         atomic_write_json(out / "run_info.json", run_info)
         atomic_write_text(out / "run_config.yaml", to_yaml(cfg))
