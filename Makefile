@@ -30,4 +30,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf runs data/synth models/tiny-*
+	rm -rf runs data/synth

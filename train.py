@@ -2,7 +2,7 @@
 
 Also runs under `torchrun --nproc_per_node N train.py ...` and as plain `python train.py ...`
 (one process). `python train.py --help` lists every config key. The work happens in
-`train.recipe` (SFT) or `train.grpo` (GRPO), chosen by `training.method`.
+`train.sft` (SFT) or `train.grpo` (GRPO), chosen by `training.method`.
 """
 
 import sys
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
     if cfg.training.method == "grpo":
         from train.grpo import main as run
     else:
-        from train.recipe import main as run
+        from train.sft import main as run
     run(cfg)
     finish_and_exit(0)
 

@@ -62,7 +62,7 @@ def tiny_model(work: Path, seed: int = 0, tokenizer: str = "auto") -> Path:
     64-wide model is ~99% of its compute, a profile no real checkpoint has (at 7B the transformer
     body dominates). Token-count benches keep the real tokenizer.
     """
-    from train.families import get_family
+    from models import get_family
 
     out = work / f"tiny-qwen2-audio-{tokenizer}"
     if not (out / "config.json").exists():

@@ -3,7 +3,7 @@
     python -m bench.data_stall [--quick]
 
 The run is the tiny CPU recipe (configs/tiny/cpu.yaml: batch 2, its `dataloader_num_workers`) built
-from train.recipe's own pieces (family loading, LoRA, `load_split`, `AudioChatCollator`,
+from the SFT recipe's own pieces (family loading, LoRA, `load_split`, `AudioChatCollator`,
 `build_trainer`) on a prepared synthetic dataset, in one process (the wait of one rank is what
 matters; DeepSpeed is left out so the loop is the HF Trainer's own). The collator decodes the audio
 and computes log-mel features in the loader, so that is where a stall would come from.
@@ -67,22 +67,22 @@ def run_config(model_dir: Path, data: Path, out: Path, steps: int, workers: int 
 
 
 def measure(cfg) -> tuple[float, float]:
-    """(stall_frac, seconds per step) of one short training run built from train.recipe's pieces."""
+    """(stall_frac, seconds per step) of one short training run built from the SFT recipe's pieces."""
     from transformers import set_seed
 
-    from train import recipe
-    from train.collator import AudioChatCollator
+    from models.inputs import AudioChatCollator
+    from train import components, sft
 
     set_seed(cfg.training.seed)
-    family = recipe.resolve_family(cfg)
+    family = components.resolve_family(cfg)
     processor = family.load_processor(cfg.model.model_name_or_path)
     model = family.load_model(
         cfg.model.model_name_or_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation
     )
-    model = recipe.add_lora(model, family, cfg.lora)
-    train_ds, _ = recipe.load_split(cfg.data, cfg.data.train_split, family, processor, None)
+    model = components.add_lora(model, family, cfg.lora)
+    train_ds, _ = components.load_split(cfg.data, cfg.data.train_split, family, processor, None)
     collator = AudioChatCollator(family, processor, cfg.data.max_length)
-    trainer = recipe.build_trainer(cfg, model, processor, collator, train_ds, None, [])
+    trainer = sft.build_trainer(cfg, model, processor, collator, train_ds, None, [])
     timer = StallTimer(trainer)
     trainer.train()
     return timer.stall_frac(time.perf_counter())

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from common.io import read_jsonl
     from eval.run import EvalConfig
-    from train.families import get_family
+    from models import get_family
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)

@@ -6,7 +6,7 @@ Parameter counts come from the real architectures, built on the `meta` device (n
 Qwen2-Audio-7B-Instruct from `../shared/models/qwen2_audio_7b_instruct/config.json`, and the
 Qwen2.5-Omni-7B thinker from transformers' config class with the published 7B sizes (vision
 encoder 1280 wide, untied head). LoRA targets come from each recipe YAML (null = the family's
-LORA_TARGET_REGEX); the projector is trainable when the recipe says so.
+LORA_TARGET); the projector is trainable when the recipe says so.
 
 DeepSpeed's `estimate_zero{2,3}_model_states_mem_needs` (what the `..._all_cold` printers call)
 assume every parameter trains (16-bit weights + grads, fp32 master + Adam moments). Under LoRA only
@@ -114,13 +114,13 @@ def activation_bytes(c: Counts, seq: int, batch: int) -> int:
 
 def estimate(recipe: str) -> dict:
     """One table row for a recipe YAML."""
-    from train.families import get_family
+    from models import get_family
 
     cfg = load_yaml(REPO_ROOT / recipe)
     family = get_family(cfg["model"].get("family") or _family_from_path(cfg["model"]["model_name_or_path"]))
     lora = cfg.get("lora", {})
     r = int(lora.get("r", 16))
-    regex = lora.get("target_regex") or family.LORA_TARGET_REGEX
+    regex = lora.get("target_regex") or family.LORA_TARGET["target_modules"]
     c = count_params(family.NAME, regex, r, family.PROJECTOR)
     trainable = c.lora + (c.projector if lora.get("train_projector", True) else 0)
     stage, offload = _zero_stage(cfg["training"]["deepspeed"])

@@ -6,11 +6,11 @@ Samples: the real MMAR questions, options and thinking (`common.paths.shared_mma
 with the cot_v1 template exactly as data_prep does, each with its real clip length taken from the
 item's `timestamp` (end - start, clamped to 1-30 s: the model hears at most its 30 s window).
 Without ../shared, synthetic items with seeded 1-30 s durations stand in. Token lengths come from
-`train.collator.sample_token_length` (the tokenizer of the tiny model, whose vocabulary is the real
+`models.inputs.sample_token_length` (the tokenizer of the tiny model, whose vocabulary is the real
 Qwen2 one, plus the 25-per-second audio-token count of Qwen2-Audio's 30 s window) and samples that
-cannot fit `max_length` are dropped, as `train.recipe.load_split` does.
+cannot fit `max_length` are dropped, as `train.components.load_split` does.
 
-Batches come from the real trainer: `train.recipe.build_trainer` with the 7B recipe's batch settings
+Batches come from the real trainer: `train.sft.build_trainer` with the 7B recipe's batch settings
 (configs/qwen2_audio_7b/cot_lora.yaml, on the tiny model and CPU), and one epoch of
 `trainer.get_train_dataloader()`: `group_by_length: true` gives HF's LengthGroupedSampler over the
 recipe's `length` column, `false` a random sampler. The collator pads each micro-batch to its
@@ -75,7 +75,7 @@ def window_processor(model_dir: Path) -> tuple[ModuleType, Any]:
     """The tiny model's processor with Qwen2-Audio's real 30 s feature extractor (audio-token count)."""
     from transformers import WhisperFeatureExtractor
 
-    from train.families import get_family
+    from models import get_family
 
     family = get_family("qwen2_audio")
     processor = family.load_processor(str(model_dir))
@@ -113,8 +113,8 @@ def sample_rows(records: list, seconds: list[float], family: ModuleType, seed: i
 
 
 def token_lengths(family: ModuleType, processor: Any, rows: list[dict], max_length: int) -> list[int]:
-    """Expanded token length per sample, minus samples that cannot fit (train.recipe.load_split's rule)."""
-    from train.collator import length_verdict, sample_token_length
+    """Expanded token length per sample, minus samples that cannot fit (train.components.load_split's rule)."""
+    from models.inputs import length_verdict, sample_token_length
 
     out = []
     for row in rows:
@@ -138,9 +138,10 @@ def trainer_batches(model_dir: Path, processor: Any, lengths: list[int], grouped
     """One epoch of micro-batch lengths from the real trainer's train dataloader."""
     from datasets import Dataset
 
+    from models import get_family
+    from train.components import LENGTH_COLUMN
     from train.config import load_config
-    from train.families import get_family
-    from train.recipe import LENGTH_COLUMN, build_trainer
+    from train.sft import build_trainer
 
     cfg = load_config(
         [

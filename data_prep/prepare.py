@@ -40,30 +40,18 @@ from data_prep.templates import Template, get_template, render_sample
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
-# Used only until train/families/ provides the family module (same strings as the families).
-FALLBACK_SYSTEM_PROMPTS = {
-    "qwen2_audio": "You are a helpful assistant.",
-    "qwen2_5_omni": (
-        "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
-        "perceiving auditory and visual inputs, as well as generating text and speech."
-    ),
-}
 
 
 def resolve_system_prompt(cfg: DataConfig) -> str:
     """The config's `system_prompt`, else the model family's SYSTEM_PROMPT."""
+    from models import get_family  # family modules import torch lazily: this stays cheap
+
     if cfg.system_prompt is not None:
         return cfg.system_prompt
     try:
-        from train.families import get_family  # lazy: data_prep must not pull in torch
-
         return get_family(cfg.family).SYSTEM_PROMPT
-    except (ImportError, AttributeError):
-        if cfg.family not in FALLBACK_SYSTEM_PROMPTS:
-            raise ConfigError(
-                f"unknown family {cfg.family!r}; known: {sorted(FALLBACK_SYSTEM_PROMPTS)}"
-            ) from None
-        return FALLBACK_SYSTEM_PROMPTS[cfg.family]
+    except ValueError as e:  # unknown family: the message lists the known ones
+        raise ConfigError(f"family: {e}") from None
 
 
 def resolve_paths(cfg: DataConfig) -> DataConfig:

@@ -4,7 +4,7 @@
         --split test --out runs/eval/<name> [--batch_size 16 --max_new_tokens 256 --audio none ...]
 
 Prompts are the prepared samples' `messages[:-1]` (the template the training data used), encoded
-by `train.collator.encode_prompts` with left padding; decoding is batched and greedy. Each
+by `models.inputs.encode_prompts` with left padding; decoding is batched and greedy. Each
 prediction is appended to `<out>/predictions.jsonl` as soon as it exists, so rerunning the same
 command resumes and skips finished ids. At the end `metrics.json` and `run_info.json` are written
 atomically. `evaluate()` is the in-process entry point train/ calls after training.
@@ -62,7 +62,7 @@ def _f(default: Any, doc: str) -> Any:
 class EvalConfig:
     """eval.run settings; a training config can embed this dataclass as a section."""
 
-    model: str = _f("models/tiny-qwen2-audio", "Base model: hub id or local path.")
+    model: str = _f("runs/models/tiny-qwen2-audio", "Base model: hub id or local path.")
     adapter: str | None = _f(None, "PEFT adapter dir (a train.py output_dir); null = base model.")
     data: str = _f("data/prepared/latest", "Prepared dataset dir (holds manifest.json and <split>.jsonl).")
     split: str = _f("test", "Split to evaluate.")
@@ -90,7 +90,7 @@ class EvalError(RuntimeError):
 
 
 def _family_module(family: Any) -> Any:
-    from train.families import get_family
+    from models import get_family
 
     return get_family(family) if isinstance(family, str) else family
 
@@ -129,7 +129,7 @@ def generate_batch(model: Any, processor: Any, family: Any, rows: list[dict], cf
     """Greedy answers for one batch: [{"output", "n_prompt_tokens", "n_new_tokens", "truncated"}]."""
     import torch
 
-    from train.collator import encode_prompts
+    from models.inputs import encode_prompts
 
     # The noise of `--audio noise` is seeded per (seed, row id), so batching and resuming keep it.
     inputs = encode_prompts(
@@ -449,7 +449,7 @@ def wandb_metrics(metrics: dict, prefix: str = "eval") -> dict[str, float]:
 
 def prepare(cfg: EvalConfig) -> tuple[Path, dict, list[dict], str, dict]:
     """Checks that need no model: data dir, split, adapter files, base model, leakage."""
-    from train.families import family_of
+    from models import family_of
 
     data_dir = resolve_data(cfg.data)
     manifest = _read_json(data_dir / "manifest.json")
@@ -479,7 +479,7 @@ def prepare(cfg: EvalConfig) -> tuple[Path, dict, list[dict], str, dict]:
 
 def run(cfg: EvalConfig) -> dict:
     """The whole eval.run: checks, resume, generation, metrics.json and run_info.json; returns metrics."""
-    from train.families import get_family
+    from models import get_family
 
     data_dir, manifest, rows, family_name, adapter_info = prepare(cfg)
     out = Path(cfg.out)

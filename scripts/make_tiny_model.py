@@ -1,7 +1,7 @@
 """Build a randomly initialised tiny model of a real architecture, plus its processor.
 
-    python -m scripts.make_tiny_model --family qwen2_audio --out models/tiny-qwen2-audio [--seed 0]
-    python -m scripts.make_tiny_model --family qwen2_5_omni --out models/tiny-qwen2.5-omni
+    python -m scripts.make_tiny_model --family qwen2_audio --out runs/models/tiny-qwen2-audio [--seed 0]
+    python -m scripts.make_tiny_model --family qwen2_5_omni --out runs/models/tiny-qwen2.5-omni
 
 The folder is written with `save_pretrained` and loaded back through the family's `load_model` /
 `load_processor`, the code path a real checkpoint takes. Uses the real Qwen2 tokenizer when
@@ -15,8 +15,8 @@ import argparse
 import logging
 
 from common.logging_utils import setup_logging
-from train.families import get_family, list_families
-from train.families._common import TOKENIZER_CHOICES
+from models import get_family, list_families
+from models._qwen import TOKENIZER_CHOICES
 
 logger = logging.getLogger(__name__)
 

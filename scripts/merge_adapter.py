@@ -1,6 +1,6 @@
 """Merge a LoRA adapter into its base model and save a plain checkpoint (plus the processor).
 
-    python -m scripts.merge_adapter --base models/tiny-qwen2-audio --adapter runs/tiny-cpu --out runs/tiny-merged
+    python -m scripts.merge_adapter --base runs/models/tiny-qwen2-audio --adapter runs/tiny-cpu --out runs/tiny-merged
 
 The merged folder loads with the family's `from_pretrained` (no PEFT needed) and gives the same
 logits as base + adapter. Fully trained modules saved with the adapter (the projector, the audio
@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from common.logging_utils import setup_logging
-from train.families import family_of, get_family
+from models import family_of, get_family
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 SEED=${SEED:-0}
 OUT=${OUT:-runs/quickstart}
 DATA=${DATA:-data/quickstart-seed$SEED}
-MODEL=${MODEL:-models/tiny-qwen2-audio-seed$SEED}
+MODEL=${MODEL:-runs/models/tiny-qwen2-audio-seed$SEED}
 N_ITEMS=${N_ITEMS:-2000}
 EVAL_ARGS=(--split test --batch_size 32 --max_new_tokens 64 --seed "$SEED")
 

@@ -44,7 +44,7 @@ def qwen2_tokenizer_dir() -> Path:
 
 
 def _make_tiny(family: str, tmp_path_factory, tokenizer: str = "auto") -> Path:
-    from train.families import get_family
+    from models import get_family
 
     out = tmp_path_factory.mktemp(f"tiny-{family}-{tokenizer}")
     get_family(family).make_tiny(out, seed=0, tokenizer=tokenizer)

@@ -10,8 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from train import collator as collator_module
-from train.collator import (
+from models import get_family
+from models import inputs as collator_module
+from models.inputs import (
     CUTS_AUDIO,
     IGNORE_INDEX,
     AudioChatCollator,
@@ -20,7 +21,6 @@ from train.collator import (
     length_verdict,
     sample_token_length,
 )
-from train.families import get_family
 
 FIXTURE = {"qwen2_audio": "tiny_qwen2_audio", "qwen2_5_omni": "tiny_qwen2_5_omni"}
 ANSWERS = ["B", "The second tone is higher, so the answer is (B) second.", "A"]

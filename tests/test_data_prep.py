@@ -13,10 +13,11 @@ import soundfile as sf
 
 from common.config import config_from_dict, load_yaml
 from data_prep.config import DataConfig
-from data_prep.prepare import FALLBACK_SYSTEM_PROMPTS, resolve_system_prompt, run
+from data_prep.prepare import resolve_system_prompt, run
 from data_prep.readers.mmar import group_of
 from data_prep.splits import assign_splits, check_disjoint
 from data_prep.templates import LETTERS, TEMPLATES, parse_target
+from models import get_family
 
 REPO = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test")
@@ -125,7 +126,7 @@ def test_rendered_samples_decode_back_exactly(mmar_prepared):
             text = user["content"][1]["text"]
             assert f"({row['answer_letter']}) {row['answer']}\n" in text
             assert TEMPLATES[template].instruction in text
-            assert system["content"][0]["text"] == FALLBACK_SYSTEM_PROMPTS["qwen2_audio"]
+            assert system["content"][0]["text"] == get_family("qwen2_audio").SYSTEM_PROMPT
 
 
 def test_shuffle_moves_answers_off_their_source_position(mmar_prepared):

@@ -90,7 +90,7 @@ class _TrainEvalCfg:  # the shape of train/'s eval-at-end section: no `audio`, n
 
 
 def test_batched_equals_one_by_one(base_run, tiny_qwen2_audio_fast, prepared_synth):
-    from train.families import get_family
+    from models import get_family
 
     family = get_family("qwen2_audio")
     processor = family.load_processor(str(tiny_qwen2_audio_fast))
@@ -156,11 +156,11 @@ def test_audio_none_then_compare_and_export(
 def _make_adapter(model_dir: Path, out: Path, train_groups: list[str], r: int = 4) -> Path:
     from peft import LoraConfig, get_peft_model
 
-    from train.families import get_family
+    from models import get_family
 
     family = get_family("qwen2_audio")
     model = family.load_model(str(model_dir), dtype="float32")
-    peft_model = get_peft_model(model, LoraConfig(r=r, target_modules=family.LORA_TARGET_REGEX))
+    peft_model = get_peft_model(model, LoraConfig(r=r, **family.LORA_TARGET))
     peft_model.save_pretrained(out)
     (out / "run_info.json").write_text(
         json.dumps({"base_model": str(model_dir), "train_groups": train_groups})

@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 
 from common.paths import shared_dir, shared_qwen2_tokenizer_dir
-from train.families import family_of, get_family, list_families
+from models import family_of, get_family, list_families
 
 FAMILIES = ["qwen2_audio", "qwen2_5_omni"]
 FIXTURE = {"qwen2_audio": "tiny_qwen2_audio", "qwen2_5_omni": "tiny_qwen2_5_omni"}
@@ -61,7 +61,7 @@ def tiny(request) -> tuple:
 
 
 def _batch(family, processor, tmp_path: Path) -> dict:
-    from train.collator import AudioChatCollator
+    from models.inputs import AudioChatCollator
 
     rows = []
     for i, (seconds, freq, answer) in enumerate([(1.0, 300.0, "A"), (1.6, 900.0, "B")]):
@@ -91,7 +91,7 @@ def test_registry_and_errors(tmp_path):
 
 def test_family_modules_import_without_torch():
     code = (
-        "import sys, train.families.qwen2_audio as a, train.families.qwen2_5_omni as o; "
+        "import sys, models.qwen2_audio as a, models.qwen2_5_omni as o; "
         "assert a.SYSTEM_PROMPT and o.SYSTEM_PROMPT; print('torch' in sys.modules)"
     )
     out = subprocess.run(
@@ -146,7 +146,7 @@ def test_lora_regex_hits_only_llm_linears(tiny):
     family, path = tiny
     model = family.load_model(str(path), dtype="float32")
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    hit = {n for n in names if re.fullmatch(family.LORA_TARGET_REGEX, n)}
+    hit = {n for n in names if re.fullmatch(family.LORA_TARGET["target_modules"], n)}
     expected = {n for n in names if n.startswith(family.LLM + ".") and LLM_LINEAR.search(n)}
     assert hit == expected and len(expected) == 2 * 7
     assert not any(n.startswith((family.AUDIO_ENCODER, family.PROJECTOR, "model.visual")) for n in hit)
@@ -172,9 +172,7 @@ def test_lora_steps_train_only_lora_and_projector(tiny, tmp_path):
         "head": _snapshot(model.lm_head),
     }
     projector_before = _snapshot(model.get_submodule(family.PROJECTOR))
-    peft_model = get_peft_model(
-        model, LoraConfig(r=8, lora_alpha=16, target_modules=family.LORA_TARGET_REGEX)
-    )
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, **family.LORA_TARGET))
     for p in model.get_submodule(family.PROJECTOR).parameters():
         p.requires_grad_(True)
     params = [p for p in peft_model.parameters() if p.requires_grad]

@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from common.config import config_from_dict
-from train import grpo, recipe
+from models import get_family
+from train import components, grpo
 from train.config import TrainConfig
-from train.families import get_family
 from train.rewards import accuracy_reward, reward_functions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def _sft_adapter(family, model_dir: Path, out: Path) -> Path:
     """A stand-in SFT adapter: fresh LoRA with non-zero B, so it changes the model's outputs."""
     model = family.load_model(str(model_dir), dtype="float32", attn_implementation="eager")
     cfg = _cfg(model_dir, model_dir, out, {}, {})
-    model = recipe.add_lora(model, family, cfg.lora)
+    model = components.add_lora(model, family, cfg.lora)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -122,8 +122,8 @@ def test_every_training_forward_gets_the_audio(tiny_qwen2_audio, prepared_synth,
     )
     processor = family.load_processor(str(tiny_qwen2_audio))
     model = family.load_model(str(tiny_qwen2_audio), dtype="float32", attn_implementation="eager")
-    model = recipe.add_lora(model, family, cfg.lora)
-    ds, _ = recipe.load_split(cfg.data, "train", family, processor, cfg.data.max_train_samples)
+    model = components.add_lora(model, family, cfg.lora)
+    ds, _ = components.load_split(cfg.data, "train", family, processor, cfg.data.max_train_samples)
     funcs, weights = reward_functions(
         cfg.grpo.reward_weights,
         thinking_budget=0,
@@ -168,7 +168,7 @@ def test_every_training_forward_gets_the_audio(tiny_qwen2_audio, prepared_synth,
 
 def test_encode_once_per_prompt_matches_encode_prompts(tiny_qwen2_audio, prepared_synth):
     """Each prompt arrives num_generations times; encoding it once must not change any row."""
-    from train.collator import encode_prompts
+    from models.inputs import encode_prompts
 
     family = get_family("qwen2_audio")
     processor = family.load_processor(str(tiny_qwen2_audio))
@@ -210,7 +210,7 @@ def _one_answer_rows(prepared_synth: Path, n: int, answer_index: int) -> list[di
 
 def _less_likely(model, family, processor, rows: list[dict], token_ids: list[int]) -> int:
     """Index of the token the untrained model gives the lower next-token probability after the prompts."""
-    from train.collator import encode_prompts
+    from models.inputs import encode_prompts
 
     with torch.no_grad():
         logits = model(**encode_prompts(family, processor, rows)).logits[:, -1, token_ids]
@@ -242,7 +242,7 @@ def test_accuracy_reward_rises_when_one_answer_is_always_right(
     )
     processor = family.load_processor(str(tiny_qwen2_audio_fast))
     model = family.load_model(str(tiny_qwen2_audio_fast), dtype="float32", attn_implementation="eager")
-    model = recipe.add_lora(model, family, cfg.lora)
+    model = components.add_lora(model, family, cfg.lora)
     letters = [processor.tokenizer.convert_tokens_to_ids(c) for c in "AB"]
     answer = _less_likely(model, family, processor, _one_answer_rows(prepared_synth, 8, 0), letters)
     trainer = grpo.AudioGRPOTrainer(

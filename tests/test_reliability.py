@@ -313,8 +313,8 @@ def test_training_kill9_after_checkpoint_then_resume_equals_straight(
 
 def test_resume_latest_skips_a_torn_checkpoint(tmp_path):
     """A kill -9 during a save leaves checkpoint-N without trainer_state.json (written last)."""
+    from train.components import resolve_resume
     from train.config import TrainingConfig
-    from train.recipe import resolve_resume
 
     good, torn = tmp_path / "checkpoint-2", tmp_path / "checkpoint-4"
     good.mkdir()

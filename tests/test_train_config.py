@@ -168,7 +168,7 @@ def test_loss_scaling_guard() -> None:
     """A model whose forward takes **kwargs but computes its own mean loss must opt out of loss kwargs."""
     import torch
 
-    from train.recipe import check_loss_scaling
+    from train.sft import check_loss_scaling
 
     class OwnMeanLoss(torch.nn.Module):
         def forward(self, input_ids=None, labels=None, **kwargs):

@@ -123,13 +123,13 @@ def zero2_straight(tiny_qwen2_audio_fast, datasets_dir, tmp_path_factory) -> Pat
 
 @pytest.fixture(scope="module")
 def ga2_same(tiny_qwen2_audio_fast, datasets_dir, tmp_path_factory) -> Path:
-    from train import recipe
+    from train import sft
     from train.config import load_config
 
     out = tmp_path_factory.mktemp("ga2") / "run"
     argv = _argv(tiny_qwen2_audio_fast, datasets_dir["same"], out, max_steps=1, per_device_train_batch_size=1,
                  gradient_accumulation_steps=2, deepspeed="null")  # fmt: skip
-    recipe.main(load_config(argv))
+    sft.main(load_config(argv))
     return out
 
 
@@ -142,8 +142,8 @@ def test_zero2_two_ranks_same_adapter_run_files_and_wandb(
 ) -> None:
     from peft import PeftModel
 
+    from models import get_family
     from train.config import load_config
-    from train.families import get_family
 
     out = zero2_straight
     info = json.loads((out / "run_info.json").read_text())
@@ -200,9 +200,9 @@ def test_lora_and_projector_moved_base_frozen(ga2_same: Path, tiny_qwen2_audio_f
     import torch
     from peft import PeftModel
 
+    from models import get_family
+    from train.components import add_lora
     from train.config import LoraConfig
-    from train.families import get_family
-    from train.recipe import add_lora
 
     fam = get_family("qwen2_audio")
     # Only LoRA and the projector (modules_to_save) train; encoder and LLM are frozen.
@@ -236,9 +236,9 @@ def test_merge_adapter_gives_the_same_logits(
     from datasets import load_from_disk
     from peft import PeftModel
 
+    from models import get_family
+    from models.inputs import AudioChatCollator
     from scripts.merge_adapter import main as merge_main
-    from train.collator import AudioChatCollator
-    from train.families import get_family
 
     merged_dir = tmp_path / "merged"
     merge_main(["--base", str(tiny_qwen2_audio_fast), "--adapter", str(ga2_same), "--out", str(merged_dir)])

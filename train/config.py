@@ -23,8 +23,8 @@ def _f(default, doc: str, **kw):
 
 @dataclass
 class ModelConfig:
-    model_name_or_path: str = _f("models/tiny-qwen2-audio", "Hub id or local path of the base model.")
-    family: str | None = _f(None, "Model family module under train/families (null = from config.json).")
+    model_name_or_path: str = _f("runs/models/tiny-qwen2-audio", "Hub id or local path of the base model.")
+    family: str | None = _f(None, "Model family: a module of models/ (null = from config.json's model_type).")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = _f(
         "float32", "Weights dtype at load time (bfloat16 on GPUs, float32 on CPU)."
     )
@@ -35,7 +35,7 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class TrainDataConfig:
     dataset_dir: str = _f("data/prepared/latest", "A data_prep output dir (holds manifest.json, hf/<split>).")
     train_split: str = _f("train", "Split to train on.")
     val_split: str | None = _f("val", "Split for validation loss during training (null = none).")
@@ -45,12 +45,12 @@ class DataConfig:
 
 
 @dataclass
-class LoraConfig:
+class LoraSettings:
     r: int = _f(16, "LoRA rank.")
     alpha: int = _f(32, "LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).")
     dropout: float = _f(0.05, "Dropout on the LoRA branch.")
     target_regex: str | None = _f(
-        None, "Regex of module names to adapt (null = the family's LORA_TARGET_REGEX, LLM only)."
+        None, "Regex of module names to adapt (null = the family's LORA_TARGET: LLM only, MoE experts too)."
     )
     use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling alpha / sqrt(r).")
@@ -69,7 +69,7 @@ class LoraConfig:
 @dataclass
 class TrainingConfig:
     output_dir: str = _f("runs/train", "Run directory: adapter, processor, checkpoints, run_info.json.")
-    method: Literal["sft", "grpo"] = _f("sft", "sft -> train.recipe, grpo -> train.grpo.")
+    method: Literal["sft", "grpo"] = _f("sft", "sft -> train.sft, grpo -> train.grpo.")
     max_steps: int = _f(-1, "Optimizer steps (-1 = use num_train_epochs).")
     num_train_epochs: float = _f(1.0, "Epochs when max_steps is -1.")
     per_device_train_batch_size: int = _f(1, "Micro-batch per process.")
@@ -97,7 +97,7 @@ class TrainingConfig:
 
 
 @dataclass
-class GRPOConfig:
+class GrpoSettings:
     num_generations: int = _f(4, "Completions sampled per prompt (the group).")
     temperature: float = _f(1.0, "Sampling temperature for rollouts.")
     top_p: float = _f(1.0, "Nucleus sampling for rollouts.")
@@ -136,10 +136,10 @@ class EvalAtEndConfig:
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    grpo: GrpoSettings = field(default_factory=GrpoSettings)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     eval_at_end: EvalAtEndConfig = field(default_factory=EvalAtEndConfig)
 
@@ -156,11 +156,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError("training batch size and gradient_accumulation_steps must be >= 1")
     if t.bf16 and cfg.model.dtype == "float16":
         raise ConfigError("bf16 training with float16 weights: set model.dtype to bfloat16 or float32")
-    unknown = sorted(set(cfg.grpo.reward_weights) - {"accuracy", "format", "length"})
+    from train.rewards import REWARDS  # the registry is the one list of reward names
+
+    unknown = sorted(set(cfg.grpo.reward_weights) - set(REWARDS))
     if unknown:
-        raise ConfigError(
-            f"grpo.reward_weights: unknown reward(s) {unknown}; known: accuracy, format, length"
-        )
+        raise ConfigError(f"grpo.reward_weights: unknown reward(s) {unknown}; known: {', '.join(REWARDS)}")
     for name, w in cfg.grpo.reward_weights.items():
         if isinstance(w, bool) or not isinstance(w, (int, float)):
             raise ConfigError(f"grpo.reward_weights.{name}: expected a number, got {w!r}")

@@ -35,15 +35,12 @@ from transformers import Trainer, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
 from common.logging_utils import is_main_process
-from train import recipe, tracking
-from train.collator import encode_prompts
+from models.inputs import encode_prompts
+from train import components, run_files, tracking
 from train.config import TrainConfig
 from train.rewards import completion_text, reward_functions
 
 logger = logging.getLogger(__name__)
-
-# What the audio models take besides token ids: one row per prompt (hence per completion).
-AUDIO_KEYS = ("input_features", "feature_attention_mask")
 
 
 def main(cfg: TrainConfig) -> Path:
@@ -52,15 +49,15 @@ def main(cfg: TrainConfig) -> Path:
     set_seed(cfg.training.seed)
 
     # 1. processor and model
-    family, processor, model = recipe.load_model_and_processor(cfg)
+    family, processor, model = components.load_model_and_processor(cfg)
 
-    # 2. LoRA: the SFT recipe's helper (fresh adapter, or `lora.init_adapter` continued)
-    model = recipe.add_lora(model, family, cfg.lora)
+    # 2. LoRA: fresh adapter, or `lora.init_adapter` continued (SFT -> GRPO)
+    model = components.add_lora(model, family, cfg.lora)
 
     # 3. prompts: the user turn data_prep rendered; `choices`/`answer_index` ride along for rewards
-    manifest = recipe.read_manifest(cfg.data)
-    recipe.check_dataset_family(manifest, family)
-    train_ds, skipped = recipe.load_split(
+    manifest = components.read_manifest(cfg.data)
+    components.check_dataset_family(manifest, family)
+    train_ds, skipped = components.load_split(
         cfg.data, cfg.data.train_split, family, processor, cfg.data.max_train_samples
     )
     train_ds = with_prompts(train_ds)
@@ -74,8 +71,8 @@ def main(cfg: TrainConfig) -> Path:
     )
 
     # 5. trainer (+ tracking: W&B on rank 0)
-    run_info = recipe.build_run_info(cfg, family, manifest, train_ds, skipped)
-    recipe.write_run_files(out, cfg, run_info)
+    run_info = run_files.build_run_info(cfg, family, manifest, train_ds, skipped)
+    run_files.write_run_files(out, cfg, run_info)
     wandb_mode = tracking.start_run(cfg, run_info)
     trainer = AudioGRPOTrainer(
         model=model,
@@ -89,16 +86,16 @@ def main(cfg: TrainConfig) -> Path:
     )
 
     # 6. train
-    result = trainer.train(resume_from_checkpoint=recipe.resolve_resume(cfg.training))
+    result = trainer.train(resume_from_checkpoint=components.resolve_resume(cfg.training))
     final = {f"train/{k}": v for k, v in result.metrics.items()}
 
     # 7. save
     save_run(trainer, cfg, run_info, final)
 
     # 8. eval at end (rank 0, on the saved adapter)
-    recipe.free_trainer(trainer)
+    run_files.free_trainer(trainer)
     if cfg.eval_at_end.enabled and is_main_process():
-        tracking.log_metrics(recipe.eval_at_end(cfg, family, out))
+        tracking.log_metrics(run_files.eval_at_end(cfg, family, out))
     tracking.finish_run(cfg, out)
     return out
 
@@ -146,7 +143,7 @@ def grpo_args(cfg: TrainConfig, reward_weights: list[float], **overrides: Any) -
     """
     g = cfg.grpo
     kwargs: dict[str, Any] = dict(
-        **recipe.shared_trainer_kwargs(cfg),
+        **components.shared_trainer_kwargs(cfg),
         eval_strategy="no",
         remove_unused_columns=False,  # rewards need choices/answer_index; prompts need messages
         # GRPO proper
@@ -182,7 +179,7 @@ def _image_token_stand_in(config: Any, token_id: int) -> Iterator[None]:
 class AudioGRPOTrainer(GRPOTrainer):
     """trl's GRPOTrainer, adapted in the smallest way we found to carry audio into every forward.
 
-    Each completion's `input_features`/`feature_attention_mask` (one row per completion, as trl
+    Each completion's audio features (the family's AUDIO_FEATURE_KEYS, one row per completion, as trl
     repeats each prompt `num_generations` times) travel with it: into generation, into the old and
     reference log-probs, and through trl's shuffle and split into the loss micro-batches.
     Overridden, and why:
@@ -209,7 +206,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._prompt_batch: dict[str, torch.Tensor] | None = None
         self._table_step = -1
         processor = kwargs["processing_class"]
-        audio_token_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
+        audio_token_id = processor.tokenizer.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
         with _image_token_stand_in(kwargs["model"].config, audio_token_id):
             super().__init__(*args, **kwargs)
         suppress = sorted({audio_token_id, *(self.generation_kwargs.get("suppress_tokens") or [])})
@@ -222,9 +219,11 @@ class AudioGRPOTrainer(GRPOTrainer):
         # overrides `_prepare_inputs` with its generation buffer, hence the explicit base class.
         batch = Trainer._prepare_inputs(self, batch)
         # Without DeepSpeed nothing casts the features; a bf16 encoder would refuse fp32 input.
-        batch["input_features"] = batch["input_features"].to(self.model.dtype)
+        for key in self.family.AUDIO_FEATURE_KEYS:
+            if batch[key].is_floating_point():
+                batch[key] = batch[key].to(self.model.dtype)
         self._prompt_batch = batch
-        self._audio = {k: batch[k] for k in AUDIO_KEYS}
+        self._audio = self._audio_of(batch)
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
@@ -238,10 +237,14 @@ class AudioGRPOTrainer(GRPOTrainer):
             raise RuntimeError("prompts must be encoded by _generate_and_score_completions first")
         # trl re-pads the prompt ids itself; drop encode_prompts' left padding
         ids = [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
-        return ids, None, {k: batch[k] for k in AUDIO_KEYS}
+        return ids, None, self._audio_of(batch)
+
+    def _audio_of(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The family's audio feature tensors of a batch: one row per prompt, hence per completion."""
+        return {k: batch[k] for k in self.family.AUDIO_FEATURE_KEYS}
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        self._audio = {k: inputs[k] for k in AUDIO_KEYS}
+        self._audio = self._audio_of(inputs)
         try:
             return super()._compute_loss(model, inputs)
         finally:
@@ -259,7 +262,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         **image_inputs: Any,  # trl's image kwargs: always None for audio prompts
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         audio = self._audio
-        if audio is None or audio["input_features"].size(0) != input_ids.size(0):
+        if audio is None or any(v.size(0) != input_ids.size(0) for v in audio.values()):
             raise RuntimeError("log-probs requested without the batch's audio; the loss would ignore it")
         batch_size = batch_size or input_ids.size(0)
         logps, entropies, aux_losses = [], [], []
@@ -327,9 +330,9 @@ def log_completions_table(logs: dict, reward_names: list[str], weights: list[flo
 
 
 def save_run(trainer: AudioGRPOTrainer, cfg: TrainConfig, run_info: dict, final: dict) -> None:
-    """The SFT recipe's save, with the reward weights recorded and trl's reference copy removed."""
+    """The shared save (train.run_files), with the reward weights recorded and trl's reference copy removed."""
     rewards = dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist()))
-    recipe.save_run(trainer, cfg, run_info, final, reward_functions=rewards)
+    run_files.save_run(trainer, cfg, run_info, final, reward_functions=rewards)
     if trainer.is_world_process_zero():
         # trl keeps a frozen copy of the starting adapter named "ref" as the KL reference (beta > 0),
         # and PEFT saves it beside the trained one; it is only the starting point, so it goes.

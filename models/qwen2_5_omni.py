@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from train.families import _common
+from models import _common, _qwen
 
 NAME = "qwen2_5_omni"
 MODEL_CLASS = "Qwen2_5OmniThinkerForConditionalGeneration"
@@ -39,13 +39,16 @@ SYSTEM_PROMPT = (
     "auditory and visual inputs, as well as generating text and speech."
 )
 SAMPLING_RATE = 16000
+TURN_END_TOKEN = "<|im_end|>"
+AUDIO_PLACEHOLDER = "<|AUDIO|>"  # expanded to one token per encoder frame (25 per second)
+AUDIO_FEATURE_KEYS = ("input_features", "feature_attention_mask")
 # `language_model` excludes both the audio encoder (q/k/v_proj) and the vision encoder (gate/up/down_proj).
-LORA_TARGET_REGEX = (
-    r".*\.language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
-)
+_LLM_LINEARS = r".*\.language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
+LORA_TARGET = {"target_modules": _LLM_LINEARS}
 AUDIO_ENCODER = "model.audio_tower"
 PROJECTOR = "model.audio_tower.proj"  # inside the encoder: unfreeze it after freezing AUDIO_ENCODER
 LLM = "model.language_model"
+FROZEN: tuple[str, ...] = ()
 
 # Qwen2.5-Omni-7B's chat_template.json (also the template in transformers' processor tests).
 CHAT_TEMPLATE = (
@@ -83,7 +86,7 @@ TINY_VISION = {
     "fullatt_block_indexes": [0],
 }
 OMNI_TOKENS = {
-    **_common.AUDIO_TOKENS,
+    **_qwen.AUDIO_TOKENS,
     "image_token": "<|IMAGE|>",
     "video_token": "<|VIDEO|>",
     "vision_bos_token": "<|vision_bos|>",
@@ -183,6 +186,16 @@ def max_audio_seconds(processor: Any) -> float:
     return fe.n_samples / fe.sampling_rate
 
 
+def num_audio_tokens(processor: Any, n_samples: int) -> int:
+    """`<|AUDIO|>` tokens the processor expands a clip of `n_samples` (16 kHz) into: 25 per second."""
+    return _common.pooled_whisper_tokens(processor.feature_extractor, n_samples)
+
+
+def generation_config(tokenizer: Any) -> Any:
+    """Greedy; stops on <|im_end|> (and <|endoftext|>)."""
+    return _qwen.generation_config_for(tokenizer)
+
+
 def render(processor: Any, messages: list[dict], *, add_generation_prompt: bool) -> str:
     """Prompt text in Omni's ChatML layout: `<|audio_bos|><|AUDIO|><|audio_eos|>` then the user text."""
     return _common.render_chat(
@@ -210,8 +223,8 @@ def encode(
 def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
     from transformers import WhisperFeatureExtractor
 
-    tokenizer = _common.build_qwen2_tokenizer(
-        out_dir / "_tokenizer_src", _common.QWEN2_5_OMNI_SPECIALS, OMNI_TOKENS, tokenizer_source
+    tokenizer = _qwen.build_qwen2_tokenizer(
+        out_dir / "_tokenizer_src", _qwen.QWEN2_5_OMNI_SPECIALS, OMNI_TOKENS, tokenizer_source
     )
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128,
@@ -235,7 +248,7 @@ def tiny_config(tokenizer: Any) -> Any:
     eot = ids("<|endoftext|>")
     head_dim = TINY_TEXT["hidden_size"] // TINY_TEXT["num_attention_heads"]
     text = {
-        "vocab_size": _common.padded_vocab_size(tokenizer),
+        "vocab_size": _qwen.padded_vocab_size(tokenizer),
         "max_position_embeddings": 4096,
         "rope_parameters": {
             "rope_type": "default",
@@ -293,7 +306,7 @@ def make_tiny(out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto") ->
     processor = _tiny_processor(out_dir, tokenizer)
     _common.seed_everything(seed)
     model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_config(processor.tokenizer))
-    model.generation_config = _common.generation_config_for(processor.tokenizer)
+    model.generation_config = generation_config(processor.tokenizer)
     model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     shutil.rmtree(out_dir / "_tokenizer_src")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from train.families import _common
+from models import _common, _qwen
 
 NAME = "qwen2_audio"
 MODEL_CLASS = "Qwen2AudioForConditionalGeneration"
@@ -22,14 +22,17 @@ MODEL_TYPES = ("qwen2_audio",)  # config.json `model_type` values this family lo
 HUB_ID_PATTERN = r"qwen2[-_]?audio"  # how family_of() recognises a hub id with no local config
 SYSTEM_PROMPT = "You are a helpful assistant."
 SAMPLING_RATE = 16000
+TURN_END_TOKEN = "<|im_end|>"
+AUDIO_PLACEHOLDER = "<|AUDIO|>"  # expanded to one token per encoder frame (25 per second)
+AUDIO_FEATURE_KEYS = ("input_features", "feature_attention_mask")
 # PEFT full-matches this against module names; `language_model` keeps it off the audio encoder,
 # whose attention also has q_proj/k_proj/v_proj.
-LORA_TARGET_REGEX = (
-    r".*\.language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
-)
+_LLM_LINEARS = r".*\.language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
+LORA_TARGET = {"target_modules": _LLM_LINEARS}
 AUDIO_ENCODER = "model.audio_tower"
 PROJECTOR = "model.multi_modal_projector"
 LLM = "model.language_model"
+FROZEN: tuple[str, ...] = ()
 
 # The model's own template (as in Qwen2-Audio-7B-Instruct's chat_template.json), plus a
 # `content['type'] == 'audio'` test like transformers' default. Used when a processor has none.
@@ -104,6 +107,16 @@ def max_audio_seconds(processor: Any) -> float:
     return fe.n_samples / fe.sampling_rate
 
 
+def num_audio_tokens(processor: Any, n_samples: int) -> int:
+    """`<|AUDIO|>` tokens the processor expands a clip of `n_samples` (16 kHz) into: 25 per second."""
+    return _common.pooled_whisper_tokens(processor.feature_extractor, n_samples)
+
+
+def generation_config(tokenizer: Any) -> Any:
+    """Greedy; stops on <|im_end|> (and <|endoftext|>)."""
+    return _qwen.generation_config_for(tokenizer)
+
+
 def render(processor: Any, messages: list[dict], *, add_generation_prompt: bool) -> str:
     """Prompt text in the model's ChatML layout, one `Audio N: <|audio_bos|><|AUDIO|><|audio_eos|>` line per clip."""
     return _common.render_chat(
@@ -132,8 +145,8 @@ def encode(
 def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
-    tokenizer = _common.build_qwen2_tokenizer(
-        out_dir / "_tokenizer_src", _common.QWEN2_AUDIO_SPECIALS, dict(_common.AUDIO_TOKENS), tokenizer_source
+    tokenizer = _qwen.build_qwen2_tokenizer(
+        out_dir / "_tokenizer_src", _qwen.QWEN2_AUDIO_SPECIALS, dict(_qwen.AUDIO_TOKENS), tokenizer_source
     )
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128,
@@ -155,7 +168,7 @@ def tiny_config(tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS) -> An
 
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     text = Qwen2Config(
-        vocab_size=_common.padded_vocab_size(tokenizer),
+        vocab_size=_qwen.padded_vocab_size(tokenizer),
         max_position_embeddings=4096,
         bos_token_id=eot,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
@@ -185,7 +198,7 @@ def make_tiny(out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto") ->
     processor = _tiny_processor(out_dir, tokenizer)
     _common.seed_everything(seed)
     model = Qwen2AudioForConditionalGeneration(tiny_config(processor.tokenizer))
-    model.generation_config = _common.generation_config_for(processor.tokenizer)
+    model.generation_config = generation_config(processor.tokenizer)
     model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     shutil.rmtree(out_dir / "_tokenizer_src")

@@ -1,10 +1,12 @@
-"""Model families: one module per family (`train/families/<name>.py`), same module-level API.
+"""Audio LLM families, the layer below every stage (`common <- models <- {data_prep, train, eval}`).
 
-Each module defines NAME, MODEL_CLASS, MODEL_TYPES (config.json `model_type` values it loads),
-HUB_ID_PATTERN (regex recognising its hub ids), SYSTEM_PROMPT, SAMPLING_RATE, LORA_TARGET_REGEX,
-AUDIO_ENCODER / PROJECTOR / LLM (dotted submodule paths) and the functions load_model,
-load_processor, max_audio_seconds, render, encode, make_tiny (see docs/ARCHITECTURE.md).
-Adding a family is adding one module here; nothing else needs to change.
+One module per family (`models/<name>.py`), each providing the members of
+`models.interface.AudioLMFamily` (checked by tests/test_family_conformance.py), and the model-input
+code every stage shares (`models.inputs`: render, audio-token arithmetic, prompts for generation,
+training batches with assistant-only labels). A module of this package is a family when it defines
+`MODEL_TYPES`; adding a family is adding one module here, nothing else changes.
+Family modules import torch/transformers inside their functions, so `get_family(name).SYSTEM_PROMPT`
+is cheap (data_prep reads it).
 """
 
 from __future__ import annotations
@@ -18,16 +20,24 @@ from types import ModuleType
 
 
 def list_families() -> list[str]:
-    """Names of the family modules in this package (private helper modules excluded)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    """Names of the family modules in this package: public modules that define MODEL_TYPES."""
+    names = []
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_") and hasattr(_module(info.name), "MODEL_TYPES"):
+            names.append(info.name)
+    return sorted(names)
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def get_family(name: str) -> ModuleType:
-    """Import `train.families.<name>`; unknown names fail with the list of known families."""
+    """The family module `models.<name>`; unknown names fail with the list of known families."""
     known = list_families()
     if name not in known:
         raise ValueError(f"unknown model family {name!r}; known families: {', '.join(known)}")
-    return importlib.import_module(f"{__name__}.{name}")
+    return _module(name)
 
 
 def _local_config(name_or_path: str) -> dict | None:

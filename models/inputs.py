@@ -1,8 +1,10 @@
-"""Batches of prepared samples -> model inputs, for training (labels) and for generation (prompts).
+"""Prepared samples -> model inputs, for training (labels) and for generation (prompts), every family.
 
+Shared by data_prep-checked datasets, the training recipes and eval; it uses only the members of the
+family interface (`models.interface.AudioLMFamily`) and never names a model or a token.
 Training: `AudioChatCollator` renders each row's full conversation with the family's chat template,
-runs the family's processor (which expands `<|AUDIO|>` to one token per encoder frame) and trains
-only on the assistant turn. Generation: `encode_prompts` builds left-padded prompts from
+runs the family's processor (which expands the family's AUDIO_PLACEHOLDER to one token per encoder
+frame) and trains only on the assistant turn. Generation: `encode_prompts` builds left-padded prompts from
 `messages[:-1]`, optionally with the audio replaced by noise or silence, or removed.
 
 Token arithmetic is done before the processor runs (`sample_token_length`), so a sample that
@@ -34,7 +36,7 @@ TEMPLATE_MISMATCH = "prompt_not_a_prefix_of_conversation"
 
 
 def _family(family: str | ModuleType) -> ModuleType:
-    from train.families import get_family
+    from models import get_family
 
     return get_family(family) if isinstance(family, str) else family
 
@@ -60,7 +62,7 @@ def _prompt_messages(messages: list[dict]) -> list[dict]:
 
 def load_row_audio(family: ModuleType, processor: Any, row: dict) -> list[np.ndarray]:
     """Waveforms (16 kHz float32 mono) of a row's audio blocks, cut to the model's window."""
-    from data_prep.audio import load_audio
+    from common.audio import load_audio
 
     max_seconds = family.max_audio_seconds(processor)
     return [
@@ -69,26 +71,15 @@ def load_row_audio(family: ModuleType, processor: Any, row: dict) -> list[np.nda
     ]
 
 
-def num_audio_tokens(processor: Any, n_samples: int) -> int:
-    """`<|AUDIO|>` tokens the processor expands a clip of `n_samples` (16 kHz) into.
-
-    Valid mel frames L = ceil(n / hop) capped at the window, then the encoder's conv (stride 2) and
-    pooling (stride 2): ((L - 1) // 2 + 1 - 2) // 2 + 1, i.e. 25 tokens per second. Same formula
-    in Qwen2AudioProcessor and Qwen2_5OmniProcessor (transformers 5.23).
-    """
-    fe = processor.feature_extractor
-    frames = min(-(-int(n_samples) // fe.hop_length), fe.nb_max_frames)
-    return ((frames - 1) // 2 + 1 - 2) // 2 + 1
-
-
 @dataclass
 class TokenLength:
     """Expanded token counts of one sample (before padding)."""
 
     total: int  # whole conversation, audio placeholders expanded
-    prompt: int  # system + user turns + "<|im_start|>assistant\n"
+    prompt: int  # system + user turns + the assistant turn's opening
     audio_end: int  # index just past the last audio placeholder token (0 without audio)
-    answer: int  # assistant text + <|im_end|> (the trained tokens)
+    answer: int  # assistant text + the family's TURN_END_TOKEN (the trained tokens)
+    audio_tokens: int = 0  # audio placeholder tokens after expansion (all clips)
 
 
 def sample_token_length(
@@ -108,10 +99,10 @@ def sample_token_length(
     prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise ValueError(f"{row.get('id')}: {TEMPLATE_MISMATCH}")
-    audio_id = tok.convert_tokens_to_ids(processor.audio_token)
+    audio_id = tok.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
     if audio_samples is None:
         audio_samples = _audio_samples(family, processor, row)
-    expansions = [num_audio_tokens(processor, n) for n in audio_samples]
+    expansions = [family.num_audio_tokens(processor, n) for n in audio_samples]
     placeholders = [i for i, t in enumerate(prompt_ids) if t == audio_id]
     if len(placeholders) != len(expansions):
         raise ValueError(
@@ -119,12 +110,17 @@ def sample_token_length(
         )
     extra = sum(expansions) - len(expansions)
     audio_end = placeholders[-1] + 1 + extra if placeholders else 0
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    turn_end = tok.convert_tokens_to_ids(family.TURN_END_TOKEN)
     answer_ids = full_ids[len(prompt_ids) :]
-    # Train up to and including the turn's <|im_end|>; the template's trailing "\n" is never generated.
-    answer = answer_ids.index(im_end) + 1 if im_end in answer_ids else len(answer_ids)
+    # Train up to and including the turn-end token; what the template puts after it (ChatML's "\n")
+    # is never generated.
+    answer = answer_ids.index(turn_end) + 1 if turn_end in answer_ids else len(answer_ids)
     return TokenLength(
-        total=len(full_ids) + extra, prompt=len(prompt_ids) + extra, audio_end=audio_end, answer=answer
+        total=len(full_ids) + extra,
+        prompt=len(prompt_ids) + extra,
+        audio_end=audio_end,
+        answer=answer,
+        audio_tokens=sum(expansions),
     )
 
 
@@ -167,10 +163,12 @@ def filter_by_length(
 
 @dataclass
 class AudioChatCollator:
-    """Sample rows -> input_ids, attention_mask, labels, input_features, feature_attention_mask.
+    """Sample rows -> input_ids, attention_mask, labels and the family's AUDIO_FEATURE_KEYS.
 
-    Labels are IGNORE_INDEX everywhere except the assistant turn and its <|im_end|>. Rows that
-    cannot fit `max_length` without cutting the prompt are dropped and counted in `skipped`.
+    Labels are IGNORE_INDEX everywhere except the assistant turn and its TURN_END_TOKEN. Rows that
+    cannot fit `max_length` without cutting the prompt are dropped and counted in `skipped`. The
+    processor's expansion of each row is checked against `sample_token_length` (some models, e.g.
+    Qwen3-Omni, silently drop audio when placeholders and features disagree).
     """
 
     family: Any  # family module or name
@@ -202,6 +200,7 @@ class AudioChatCollator:
         if not kept:
             raise ValueError(f"every row of the batch was dropped: {dict(self.skipped)}")
         batch = self.family.encode(self.processor, texts, audios, padding_side="right")
+        check_expansion(self.family, self.processor, batch, kept, spans)
         batch["labels"] = self._labels(batch, spans)
         return self._truncate(batch, spans)
 
@@ -214,18 +213,13 @@ class AudioChatCollator:
     def _labels(self, batch: dict[str, Any], spans: list[TokenLength]) -> Any:
         import torch
 
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        ids = batch["input_ids"]
         labels = torch.full_like(ids, IGNORE_INDEX)
         for i, span in enumerate(spans):
-            n = int(mask[i].sum())
-            if n != span.total:
-                raise RuntimeError(
-                    f"processor gave {n} tokens, expected {span.total}: expansion rule changed?"
-                )
             # Masked (left as IGNORE_INDEX), and why:
             # - system prompt and user text: given at inference, never generated, so no loss;
             # - audio placeholder run: its positions carry audio embeddings, not tokens to predict;
-            # - the template's "\n" after <|im_end|>: generation stops at <|im_end|>;
+            # - what the template puts after the turn-end token: generation stops at that token;
             # - padding: not part of any sample (attention_mask is 0 there).
             start, end = span.prompt, span.prompt + span.answer
             labels[i, start:end] = ids[i, start:end]
@@ -241,6 +235,25 @@ class AudioChatCollator:
         for key in ("input_ids", "attention_mask", "labels"):
             batch[key] = batch[key][:, : self.max_length]
         return batch
+
+
+def check_expansion(
+    family: ModuleType, processor: Any, batch: dict[str, Any], rows: list[dict], spans: list[TokenLength]
+) -> None:
+    """Each row's token count and audio placeholder count must be what `sample_token_length` computed
+    from the family's `num_audio_tokens`; otherwise labels would be misaligned. Names the sample."""
+    tok = _tokenizer(processor)
+    audio_id = tok.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
+    for i, (row, span) in enumerate(zip(rows, spans, strict=True)):
+        n = int(batch["attention_mask"][i].sum())
+        placeholders = int((batch["input_ids"][i] == audio_id).sum())
+        if n != span.total or placeholders != span.audio_tokens:
+            raise RuntimeError(
+                f"sample {row.get('id')!r}: the {family.NAME} processor gave {n} tokens with {placeholders} "
+                f"{family.AUDIO_PLACEHOLDER} placeholders, but {family.NAME}.num_audio_tokens implies "
+                f"{span.total} tokens with {span.audio_tokens}: the family's expansion rule is wrong for "
+                "this processor; labels would be misaligned"
+            )
 
 
 def _replace_audio(wave: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:

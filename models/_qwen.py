@@ -1,7 +1,6 @@
-"""Helpers shared by the family modules: messages, chat templates, tokenizers, dtypes.
-
-Private (leading underscore): `list_families()` skips it. A new family may use these helpers or not;
-nothing here knows about a particular model.
+"""Helpers for the families whose LLM is a Qwen2/Qwen2.5 model (all four today): the special-token
+lists in their real order, the byte-level BPE tokenizer that tiny models are built with, and the
+ChatML stop tokens. Private (leading underscore): not a family.
 """
 
 from __future__ import annotations
@@ -63,65 +62,6 @@ _FALLBACK_CORPUS = [
 ]
 
 
-def normalize_messages(messages: list[dict]) -> list[dict]:
-    """Rewrite sample messages into the block shapes every Qwen chat template recognises.
-
-    Blocks are identified by their `type` only: after a `datasets` round trip a text block also
-    carries `path=None` (and an audio block `text=None`), and the hub templates test for the mere
-    presence of keys such as `'audio_url' in content` or `'text' in content`.
-    """
-    out = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, str):
-            out.append({"role": message["role"], "content": content})
-            continue
-        blocks = []
-        for block in content:
-            kind = block.get("type")
-            if kind == "audio":
-                blocks.append({"type": "audio", "audio_url": block.get("path") or block.get("audio") or ""})
-            elif kind == "text":
-                blocks.append({"type": "text", "text": block.get("text") or ""})
-            else:
-                raise ValueError(f"unsupported content block type {kind!r} in a {message['role']} message")
-        out.append({"role": message["role"], "content": blocks})
-    return out
-
-
-def render_chat(
-    processor: Any, messages: list[dict], *, add_generation_prompt: bool, default_template: str
-) -> str:
-    """Render messages with the processor's own chat template (the checkpoint's), else the default."""
-    template = getattr(processor, "chat_template", None) or default_template
-    return processor.apply_chat_template(
-        normalize_messages(messages),
-        chat_template=template,
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-    )
-
-
-def torch_dtype(dtype: Any) -> Any:
-    """Accept a torch.dtype, "auto", or a name like "bf16"/"bfloat16"/"float32"."""
-    import torch
-
-    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {
-        "bf16": "bfloat16",
-        "fp16": "float16",
-        "half": "float16",
-        "fp32": "float32",
-        "float": "float32",
-    }
-    name = aliases.get(str(dtype), str(dtype))
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use bfloat16, float16, float32 or auto")
-    return value
-
-
 def _train_fallback_bpe(folder: Path, vocab_size: int = 1024) -> int:
     """Train a small byte-level BPE with Qwen2's pre-tokenizer; returns its regular vocab size."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -143,7 +83,7 @@ def _train_fallback_bpe(folder: Path, vocab_size: int = 1024) -> int:
     return tok.get_vocab_size()
 
 
-TOKENIZER_CHOICES = ("auto", "qwen2", "local")
+TOKENIZER_CHOICES = ("auto", "qwen2", "local")  # make_tiny(tokenizer=...) of every Qwen-LLM family
 
 
 def build_qwen2_tokenizer(
@@ -218,26 +158,3 @@ def generation_config_for(tokenizer: Any) -> Any:
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     return GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=eot, do_sample=False)
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def from_pretrained_kwargs(dtype: Any, attn_implementation: str | None, trust_remote_code: bool) -> dict:
-    """Common `from_pretrained` kwargs: safetensors only (never pickle), explicit dtype."""
-    kwargs: dict[str, Any] = {
-        "dtype": torch_dtype(dtype),
-        "use_safetensors": True,
-        "trust_remote_code": trust_remote_code,
-    }
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    return kwargs

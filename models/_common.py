@@ -1,0 +1,102 @@
+"""Helpers any family module may use: message blocks, chat rendering, dtypes, seeding, loading kwargs.
+
+Private (leading underscore): not a family. Nothing here knows a particular model; the Qwen-specific
+helpers (special tokens, tokenizer building, ChatML stop tokens) are in `models/_qwen.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def normalize_messages(messages: list[dict]) -> list[dict]:
+    """Rewrite sample messages into the block shapes every Qwen chat template recognises.
+
+    Blocks are identified by their `type` only: after a `datasets` round trip a text block also
+    carries `path=None` (and an audio block `text=None`), and the hub templates test for the mere
+    presence of keys such as `'audio_url' in content` or `'text' in content`.
+    """
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            out.append({"role": message["role"], "content": content})
+            continue
+        blocks = []
+        for block in content:
+            kind = block.get("type")
+            if kind == "audio":
+                blocks.append({"type": "audio", "audio_url": block.get("path") or block.get("audio") or ""})
+            elif kind == "text":
+                blocks.append({"type": "text", "text": block.get("text") or ""})
+            else:
+                raise ValueError(f"unsupported content block type {kind!r} in a {message['role']} message")
+        out.append({"role": message["role"], "content": blocks})
+    return out
+
+
+def render_chat(
+    processor: Any, messages: list[dict], *, add_generation_prompt: bool, default_template: str
+) -> str:
+    """Render messages with the processor's own chat template (the checkpoint's), else the default."""
+    template = getattr(processor, "chat_template", None) or default_template
+    return processor.apply_chat_template(
+        normalize_messages(messages),
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+    )
+
+
+def torch_dtype(dtype: Any) -> Any:
+    """Accept a torch.dtype, "auto", or a name like "bf16"/"bfloat16"/"float32"."""
+    import torch
+
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {
+        "bf16": "bfloat16",
+        "fp16": "float16",
+        "half": "float16",
+        "fp32": "float32",
+        "float": "float32",
+    }
+    name = aliases.get(str(dtype), str(dtype))
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use bfloat16, float16, float32 or auto")
+    return value
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def from_pretrained_kwargs(dtype: Any, attn_implementation: str | None, trust_remote_code: bool) -> dict:
+    """Common `from_pretrained` kwargs: safetensors only (never pickle), explicit dtype."""
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(dtype),
+        "use_safetensors": True,
+        "trust_remote_code": trust_remote_code,
+    }
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
+
+
+def pooled_whisper_tokens(feature_extractor: Any, n_samples: int) -> int:
+    """Audio tokens of a clip for a Whisper-style encoder followed by 2x average pooling.
+
+    Valid mel frames L = ceil(n / hop) capped at the extractor's window, then the encoder's conv
+    (stride 2) and the pooling (stride 2): ((L - 1) // 2 + 1 - 2) // 2 + 1, i.e. 25 tokens per second.
+    This is the expansion rule of Qwen2AudioProcessor and Qwen2_5OmniProcessor (transformers 5.23).
+    """
+    frames = min(-(-int(n_samples) // feature_extractor.hop_length), feature_extractor.nb_max_frames)
+    return ((frames - 1) // 2 + 1 - 2) // 2 + 1
