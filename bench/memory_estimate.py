@@ -2,10 +2,9 @@
 
     python -m bench.memory_estimate
 
-Parameter counts come from the real architectures, built on the `meta` device (no weights):
-Qwen2-Audio-7B-Instruct from `../shared/models/qwen2_audio_7b_instruct/config.json`, and the
-Qwen2.5-Omni-7B thinker from transformers' config class with the published 7B sizes (vision
-encoder 1280 wide, untied head). LoRA targets come from each recipe YAML (null = the family's
+Parameter counts come from the real architectures, built on the `meta` device (no weights) from
+each family's `published_config()` (e.g. Qwen2-Audio-7B-Instruct's config.json, the Qwen2.5-Omni-7B
+thinker's published sizes). LoRA targets come from each recipe YAML (null = the family's
 LORA_TARGET); the projector is trainable when the recipe says so.
 
 DeepSpeed's `estimate_zero{2,3}_model_states_mem_needs` (what the `..._all_cold` printers call)
@@ -24,7 +23,7 @@ import re
 from dataclasses import dataclass
 
 from common.config import load_yaml
-from common.paths import REPO_ROOT, shared_dir
+from common.paths import REPO_ROOT
 
 GIB = 1024**3
 NUM_GPUS = 8
@@ -46,22 +45,17 @@ class Counts:
     vocab: int
 
 
-def _meta_model(family: str):
+def _meta_model(family_name: str):
+    """The family's published architecture on the meta device (no memory, no download)."""
     import torch
-    import transformers as tf
+    import transformers
 
-    if family == "qwen2_audio":
-        cfg_path = shared_dir() / "models/qwen2_audio_7b_instruct/config.json"
-        config = tf.Qwen2AudioConfig(**json.loads(cfg_path.read_text()))
-        cls = tf.Qwen2AudioForConditionalGeneration
-    else:
-        config = tf.Qwen2_5OmniThinkerConfig()
-        config.vision_config.hidden_size = 1280  # published 7B: 1280-wide ViT (class default is 3584)
-        config.vision_config.intermediate_size = 3420
-        config.text_config.tie_word_embeddings = False
-        cls = tf.Qwen2_5OmniThinkerForConditionalGeneration
+    from models import get_family
+
+    family = get_family(family_name)
+    config = family.published_config()
     with torch.device("meta"):
-        return cls(config), config.text_config
+        return getattr(transformers, family.MODEL_CLASS)(config), config.get_text_config()
 
 
 def count_params(family: str, target_regex: str, r: int, projector_path: str) -> Counts:

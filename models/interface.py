@@ -55,6 +55,10 @@ class AudioLMFamily(Protocol):
 
     def make_tiny(self, out_dir: Any, *, seed: int = 0, tokenizer: str = "auto") -> None: ...
 
+    # The flagship checkpoint's config (sizes only, no weights): memory and throughput estimates
+    # build the real architecture on the meta device from it, without a download.
+    def published_config(self) -> Any: ...
+
 
 def _members() -> tuple[dict[str, Any], dict[str, inspect.Signature]]:
     hints = get_type_hints(AudioLMFamily)

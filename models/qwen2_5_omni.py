@@ -312,3 +312,15 @@ def make_tiny(out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto") ->
     shutil.rmtree(out_dir / "_tokenizer_src")
     load_model(str(out_dir), dtype="float32")
     load_processor(str(out_dir))
+
+
+def published_config() -> Any:
+    """The Qwen2.5-Omni-7B thinker's architecture config (8.93 B parameters): transformers' defaults
+    are the 7B text and audio sizes, except the vision tower and the untied head."""
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    config = Qwen2_5OmniThinkerConfig()
+    config.vision_config.hidden_size = 1280  # published 7B: a 1280-wide ViT (class default is 3584)
+    config.vision_config.intermediate_size = 3420
+    config.text_config.tie_word_embeddings = False
+    return config

@@ -204,3 +204,41 @@ def make_tiny(out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto") ->
     shutil.rmtree(out_dir / "_tokenizer_src")
     load_model(str(out_dir), dtype="float32")
     load_processor(str(out_dir))
+
+
+# Qwen/Qwen2-Audio-7B-Instruct's config.json (sizes the file leaves out are Qwen2Config's defaults:
+# hidden 4096, 32 layers, 32 heads).
+PUBLISHED_CONFIG = {
+    "audio_config": {
+        "model_type": "qwen2_audio_encoder",
+        "num_mel_bins": 128,
+        "encoder_layers": 32,
+        "encoder_attention_heads": 20,
+        "encoder_ffn_dim": 5120,
+        "d_model": 1280,
+        "activation_function": "gelu",
+        "scale_embedding": False,
+        "max_source_positions": 1500,
+    },
+    "audio_token_index": 151646,
+    "text_config": {
+        "model_type": "qwen2",
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "intermediate_size": 11008,
+        "max_position_embeddings": 8192,
+        "rope_theta": 10000,
+        "rms_norm_eps": 1e-5,
+        "sliding_window": 32768,
+        "use_mrope": False,
+        "vocab_size": 156032,
+    },
+    "vocab_size": 156032,
+}
+
+
+def published_config() -> Any:
+    """Qwen2-Audio-7B-Instruct's architecture config (8.40 B parameters)."""
+    from transformers import Qwen2AudioConfig
+
+    return Qwen2AudioConfig(**PUBLISHED_CONFIG)

@@ -1,0 +1,313 @@
+"""One conformance suite for every model family: a new family passes it by adding its name to FAMILIES.
+
+Per family, on a tiny random model of the real architecture (local 1k-token tokenizer, CPU, fp32),
+through the commands a user runs:
+  interface   the module provides every member of `models.interface.AudioLMFamily`
+  build       `python -m scripts.make_tiny_model --family <name>`; family_of(config.json) finds it
+  data        `data_prep.prepare --family <name>` renders the family's system prompt
+  collate     labels are exactly the assistant turn (decoded back equal to the target + turn end);
+              audio placeholders per row equal `num_audio_tokens`; the model's forward takes the batch
+  LoRA        adapts only the LLM's linear layers (+ fused experts of a MoE), encoder and FROZEN fixed
+  ZeRO-2      2 steps on 2 CPU ranks under the real `deepspeed train.py --config configs/tiny/cpu.yaml`
+  eval        `eval.run`'s batched decoding equals one-at-a-time on the trained adapter
+  GRPO        2 steps of the real recipe; every prefill and log-prob forward carries the audio rows
+  merge       `scripts.merge_adapter` gives the adapter's logits
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import family_of, get_family
+from models.interface import check_family
+
+FAMILIES = ["qwen2_audio", "qwen2_5_omni"]
+REPO = Path(__file__).resolve().parent.parent
+IGNORE = -100
+
+
+def _free_port() -> int:
+    for _ in range(100):
+        port = random.randint(20000, 29999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-29999")
+
+
+def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "WANDB_MODE": "offline",
+    }
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+    )
+    return proc
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def name(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def family(name):
+    return get_family(name)
+
+
+@pytest.fixture(scope="module")
+def tiny(name, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp(f"conf-{name}") / "tiny"
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.make_tiny_model",
+            "--family",
+            name,
+            "--out",
+            str(out),
+            "--tokenizer",
+            "local",
+        ]
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(name, synth_dir, tmp_path_factory) -> Path:
+    from data_prep.prepare import run
+
+    out = tmp_path_factory.mktemp(f"conf-data-{name}")
+    return run(
+        [
+            "--config", str(REPO / "configs/data/synth_cot.yaml"),
+            "--source.path", str(synth_dir / "meta.jsonl"),
+            "--audio_root", str(synth_dir),
+            "--out_dir", str(out),
+            "--family", name,
+        ]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rows(prepared) -> list[dict]:
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(prepared / "hf" / "train"))
+    return [ds[i] for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def zero2_run(name, tiny, prepared, tmp_path_factory) -> Path:
+    """2 optimizer steps on 2 CPU ranks, ZeRO-2, the tiny CPU recipe as a user launches it."""
+    out = tmp_path_factory.mktemp(f"conf-run-{name}") / "run"
+    _run(
+        [
+            str(Path(sys.executable).parent / "deepspeed"), "--master_port", str(_free_port()), "--num_gpus", "2",
+            "train.py", "--config", "configs/tiny/cpu.yaml",
+            "--model_name_or_path", str(tiny), "--dataset_dir", str(prepared), "--output_dir", str(out),
+            "--max_steps", "2", "--save_steps", "100", "--eval_steps", "100", "--max_val_samples", "2",
+            "--report_to", "none",
+        ],
+        timeout=900,
+    )  # fmt: skip
+    return out
+
+
+def test_interface(family):
+    assert check_family(family) == []
+
+
+def test_build_and_family_of(name, tiny):
+    assert family_of(str(tiny)) == name
+    config = json.loads((tiny / "config.json").read_text())
+    assert config["model_type"] in get_family(name).MODEL_TYPES
+
+
+def test_data_prep_renders_the_family_prompt(family, prepared, rows):
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert manifest["family"] == family.NAME
+    assert manifest["system_prompt"] == family.SYSTEM_PROMPT
+    system = rows[0]["messages"][0]
+    assert system["role"] == "system" and system["content"][0]["text"] == family.SYSTEM_PROMPT
+
+
+def test_collate_labels_are_the_assistant_turn_and_audio_counts_match(family, tiny, rows):
+    from common.audio import load_audio
+    from models.inputs import AudioChatCollator
+
+    processor = family.load_processor(str(tiny))
+    batch = AudioChatCollator(family, processor, max_length=None)(rows)
+    tok = processor.tokenizer
+    audio_id = tok.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
+    for i, row in enumerate(rows):
+        labels = batch["labels"][i]
+        trained = batch["input_ids"][i][labels != IGNORE]
+        assert tok.decode(trained) == row["target"] + family.TURN_END_TOKEN
+        # the trained span is one contiguous run ending at the turn end
+        positions = (labels != IGNORE).nonzero().flatten()
+        assert positions[-1] - positions[0] + 1 == len(positions)
+        wave = load_audio(row["audio_path"], max_seconds=family.max_audio_seconds(processor))
+        expected = family.num_audio_tokens(processor, len(wave))
+        assert int((batch["input_ids"][i] == audio_id).sum()) == expected
+    for key in family.AUDIO_FEATURE_KEYS:
+        assert batch[key].shape[0] == len(rows), key
+    model = family.load_model(str(tiny), dtype="float32", attn_implementation="eager")
+    with torch.no_grad():
+        out = model(**batch)  # the model's own audio feature/token check runs here
+    assert torch.isfinite(out.loss)
+
+
+def test_lora_hits_only_llm_linears_encoder_and_frozen_stay(family, tiny):
+    from train.components import add_lora
+    from train.config import LoraSettings
+
+    model = family.load_model(str(tiny), dtype="float32", attn_implementation="eager")
+    frozen = [re.compile(pattern) for pattern in family.FROZEN]
+    llm_linears = {
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and n.startswith(f"{family.LLM}.layers.")
+        and not any(f.search(f"{n}.weight") for f in frozen)
+    }
+    model = add_lora(model, family, LoraSettings(r=4, alpha=8, dropout=0.0, train_projector=True))
+    prefix = "base_model.model."
+    adapted = {n[len(prefix) :].split(".lora_", 1)[0] for n, _ in model.named_parameters() if ".lora_" in n}
+    assert adapted and all(n.startswith(f"{family.LLM}.") for n in adapted), sorted(adapted)[:5]
+    assert llm_linears <= adapted, sorted(llm_linears - adapted)[:5]  # every decoder Linear (q/k/v/o, MLP)
+    for target in family.LORA_TARGET.get("target_parameters", []):  # fused MoE experts
+        parent = target.rsplit(".", 1)[0]
+        assert any(n.endswith(parent) for n in adapted), (target, sorted(adapted)[:5])
+    for n, p in model.named_parameters():
+        inner = f".{n[len(prefix) :]}."
+        if p.requires_grad and f".{family.AUDIO_ENCODER}." in inner:
+            assert f".{family.PROJECTOR}." in inner, n  # only the projector may train there
+        if any(f.search(n) for f in frozen):
+            assert not p.requires_grad, n
+    if family.FROZEN:
+        assert any(any(f.search(n) for f in frozen) for n, _ in model.named_parameters()), family.FROZEN
+
+
+@pytest.mark.slow
+def test_zero2_two_ranks_two_steps(zero2_run):
+    info = json.loads((zero2_run / "run_info.json").read_text())
+    assert info["status"] == "complete" and info["global_step"] == 2 and info["world_size"] == 2
+    assert len(set(info["adapter_digests"])) == 1 and len(info["adapter_digests"]) == 2
+    assert (zero2_run / "adapter_model.safetensors").exists()
+    losses = [
+        e["loss"]
+        for e in json.loads((zero2_run / "trainer_state.json").read_text())["log_history"]
+        if "loss" in e
+    ]
+    assert losses and all(l == l and l < 1e4 for l in losses)  # noqa: E741
+
+
+@pytest.mark.slow
+def test_eval_batched_equals_one_at_a_time(family, tiny, prepared, zero2_run):
+    from eval.run import EvalConfig, evaluate, load_model_and_adapter, load_split
+
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    items = load_split(prepared, manifest, "test", 4)
+    outputs = {}
+    for batch_size in (4, 1):
+        cfg = EvalConfig(model=str(tiny), adapter=str(zero2_run), data=str(prepared), batch_size=batch_size,
+                         max_new_tokens=12, family=family.NAME, attn_implementation="eager")  # fmt: skip
+        model, processor = load_model_and_adapter(cfg, family)
+        outputs[batch_size] = {r["id"]: r["output"] for r in evaluate(model, processor, family, items, cfg)}
+    assert outputs[4] == outputs[1]
+
+
+def _spy(model: torch.nn.Module, keys: tuple[str, ...]) -> list[dict]:
+    """Record, for every forward of the base model, the rows of input_ids and of each audio key."""
+    import functools
+
+    calls: list[dict] = []
+    forward = model.forward
+
+    @functools.wraps(forward)  # keep the signature: `generate` checks model kwargs against it
+    def record(*args, **kwargs):
+        ids = kwargs.get("input_ids")
+        calls.append(
+            {
+                "rows": None if ids is None else ids.shape[0],
+                "full": ids is not None and ids.shape[1] > 1,  # prefill or scoring (not a decode step)
+                **{k: None if kwargs.get(k) is None else kwargs[k].shape[0] for k in keys},
+            }
+        )
+        return forward(*args, **kwargs)
+
+    model.forward = record
+    return calls
+
+
+@pytest.mark.slow
+def test_grpo_two_steps_audio_in_every_forward(family, tiny, prepared, tmp_path, monkeypatch):
+    from train import components, grpo
+    from train.config import load_config
+
+    spied: list[list[dict]] = []
+    add_lora = components.add_lora
+
+    def add_lora_and_spy(model, fam, lora):
+        model = add_lora(model, fam, lora)
+        spied.append(_spy(model.get_base_model(), fam.AUDIO_FEATURE_KEYS))
+        return model
+
+    monkeypatch.setattr(components, "add_lora", add_lora_and_spy)
+    cfg = load_config(
+        [
+            "--config", str(REPO / "configs/tiny/grpo.yaml"),
+            "--model_name_or_path", str(tiny), "--dataset_dir", str(prepared), "--output_dir", str(tmp_path / "grpo"),
+            "--max_steps", "2", "--deepspeed", "null", "--max_completion_length", "6", "--report_to", "none",
+            "--max_train_samples", "8", "--save_steps", "100",
+        ]
+    )  # fmt: skip
+    grpo.main(cfg)
+    full = [c for c in spied[0] if c["full"]]
+    assert full, "no forward recorded"
+    for c in full:
+        for key in family.AUDIO_FEATURE_KEYS:
+            assert c[key] == c["rows"], (key, c)
+    info = json.loads((tmp_path / "grpo" / "run_info.json").read_text())
+    assert info["status"] == "complete" and info["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_merge_gives_the_adapter_logits(family, tiny, zero2_run, rows, tmp_path):
+    from peft import PeftModel
+
+    from models.inputs import AudioChatCollator
+    from scripts.merge_adapter import main as merge_main
+
+    merged = tmp_path / "merged"
+    merge_main(["--base", str(tiny), "--adapter", str(zero2_run), "--out", str(merged)])
+    processor = family.load_processor(str(merged))
+    batch = AudioChatCollator(family, processor, None)(rows[:2])
+    batch.pop("labels")
+    with torch.no_grad():
+        base = family.load_model(str(tiny), dtype="float32", attn_implementation="eager").eval()
+        expected = PeftModel.from_pretrained(base, str(zero2_run)).eval()(**batch).logits
+        got = (
+            family.load_model(str(merged), dtype="float32", attn_implementation="eager")
+            .eval()(**batch)
+            .logits
+        )
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
