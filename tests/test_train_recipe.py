@@ -202,12 +202,12 @@ def test_lora_and_projector_moved_base_frozen(ga2_same: Path, tiny_qwen2_audio_f
 
     from models import get_family
     from train.components import add_lora
-    from train.config import LoraConfig
+    from train.config import LoraSettings
 
     fam = get_family("qwen2_audio")
     # Only LoRA and the projector (modules_to_save) train; encoder and LLM are frozen.
     model = add_lora(
-        fam.load_model(str(tiny_qwen2_audio_fast), dtype="float32"), fam, LoraConfig(r=4, alpha=8)
+        fam.load_model(str(tiny_qwen2_audio_fast), dtype="float32"), fam, LoraSettings(r=4, alpha=8)
     )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "multi_modal_projector.modules_to_save" in n for n in trainable)
