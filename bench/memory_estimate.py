@@ -27,11 +27,13 @@ from common.paths import REPO_ROOT
 
 GIB = 1024**3
 NUM_GPUS = 8
-RECIPES = [
-    "configs/qwen2_audio_7b/cot_lora.yaml",
-    "configs/qwen2_audio_7b/cot_lora_zero3.yaml",
-    "configs/qwen2_5_omni_7b/cot_lora.yaml",
-]
+
+
+def recipes() -> list[str]:
+    """Every full-size SFT recipe (`configs/<model>/cot_lora*.yaml`): a new family's row appears
+    when its configs are added."""
+    found = sorted(REPO_ROOT.glob("configs/*/cot_lora*.yaml"))
+    return [str(p.relative_to(REPO_ROOT)) for p in found if p.parent.name != "tiny"]
 
 
 @dataclass
@@ -150,7 +152,7 @@ def full_finetune_reference(total: int, n: int = NUM_GPUS) -> dict:
 
 
 def main() -> None:
-    rows = [estimate(r) for r in RECIPES]
+    rows = [estimate(r) for r in recipes()]
     header = "| recipe | ZeRO | params | trainable | model states/GPU | activations/GPU (rough) | total/GPU |"
     print(header)
     print("|" + "---|" * 7)
