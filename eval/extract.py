@@ -2,16 +2,17 @@
 
 Order (first that gives an unambiguous answer wins):
 1. the last `<answer>...</answer>` block (its content may be a letter, option text or "(B) text");
-2. an explicit answer statement: `Answer: B`, `the answer is (B)`, `答案：B`, `选B`, ...; the
+2. the last `\\boxed{...}` (R1-style reasoning models: `Final Answer: \\boxed{B}`, `\\boxed{\\text{B}}`);
+3. an explicit answer statement: `Answer: B`, `the answer is (B)`, `答案：B`, `选B`, ...; the
    last such statement counts (models correct themselves), and its text may also be option text;
-3. a formatted letter (`(B)`, `B.`, `B)`, or an output that is just `B`); several different
-   formatted letters are ambiguous and fall through;
-4. exactly one option text contained in the output (an option found only inside a longer
+4. a formatted letter (`(B)`, `B.`, `B)`, `Option B`, or an output that is just `B`); several
+   different formatted letters are ambiguous and fall through;
+5. exactly one option text contained in the output (an option found only inside a longer
    matched option does not count, so "forest" inside "dense forest" is not a second answer);
-5. otherwise no answer.
+6. otherwise no answer.
 
-Lowercase letters are accepted only where the context makes them explicit (`answer: b`, a bare
-`b`), never as a stray word ("the answer is a man speaking" is not option A). The function is
+Lowercase letters are accepted only where the context makes them explicit (`answer: b`,
+`the answer is: b`, `\\boxed{b}`, a bare `b`), never as a stray word ("the answer is a man speaking" is not option A). The function is
 pure and regex-only because GRPO calls it on every rollout.
 """
 
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 LETTERS = "ABCDEFGHIJ"
-Method = Literal["answer_tag", "letter", "option_text", "none"]
+Method = Literal["answer_tag", "boxed", "letter", "option_text", "none"]
+# Every method, in the order tried: metrics.json counts answers per method in this order.
+METHODS: tuple[str, ...] = ("answer_tag", "boxed", "letter", "option_text", "none")
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ _THINK_END = re.compile(r"</think>", re.IGNORECASE)
 _CUE = re.compile(
     r"(?:\b(?i:final\s+answer|correct\s+answer|answer|correct\s+(?:option|choice))(?![A-Za-z])"
     r"(?:\s+(?i:to\s+(?:the|this)\s+question))?"
-    r"[*_\s]*(?i:is|would\s+be|should\s+be|will\s+be|[:：=])?[*_\s]*(?:(?i:option|choice)\s*)?"
+    r"[*_\s]*(?:(?i:is|would\s+be|should\s+be|will\s+be)[*_\s]*)?[:：=]?[*_\s]*(?:(?i:option|choice)\s*)?"
     r"|\b(?i:I\s+(?:would\s+)?(?:choose|pick|select)|my\s+(?:choice|answer)\s+is)[*_\s]*(?:(?i:option)\s*)?"
     r"|(?:正确)?答案\s*(?:应该|应|应当)?\s*(?:是|为|選|选)?\s*[:：]?\s*(?:选项)?"
     r"|正确选项\s*(?:是|为)?\s*[:：]?\s*"
@@ -53,7 +56,13 @@ _SPAN_END = re.compile(r"[\n\r]")
 _SPAN_LETTER = re.compile(r"^[(（\[]?([A-Ja-j])(?:[)）\]]|(?=[.,;:!?。，；：、]|\s|$))")
 _LOWER_OK_AFTER = re.compile(r"^[)）\]]?\s*(?:$|[.,;:!?。，；：、*])")
 _HEDGE = re.compile(r"^[(（\[]?[A-J][)）\]]?\s*(?:(?i:or|and)|/|或|和|,|、)\s*[(（\[]?([A-J])(?![A-Za-z])")
-_FORMATTED = re.compile(r"[(（]([A-J])[)）]|(?<![A-Za-z0-9])([A-J])[.)](?=\s|$)")
+_FORMATTED = re.compile(
+    r"[(（]([A-J])[)）]|(?<![A-Za-z0-9])([A-J])[.)](?=\s|$)"
+    r"|(?<![A-Za-z])(?i:option|choice)\s*[(（]?([A-J])(?![A-Za-z0-9])"
+)
+# `\boxed{B}`, `\boxed{\text{B}}`: one level of nested braces is enough for answers.
+_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
+_TEX_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
 _BARE = re.compile(r"^\s*[*_\"'`]*\s*[(（\[]?([A-Ja-j])[)）\]]?\s*[.。]?\s*[*_\"'`]*\s*$")
 _WS = re.compile(r"\s+")
 _TRAIL_PUNCT = " \t.,;:!?。，；：！？\"'`*_"
@@ -131,7 +140,7 @@ def _from_formatted(text: str, n: int) -> Extraction | None:
     bare = _BARE.match(text)
     if bare:
         return _from_letter(bare.group(1), n, "letter")
-    letters = {a or b for a, b in _FORMATTED.findall(text)}
+    letters = {a or b or c for a, b, c in _FORMATTED.findall(text)}
     letters = {x for x in letters if _letter_index(x, n) is not None}
     if len(letters) == 1:
         return _from_letter(letters.pop(), n, "letter")
@@ -167,7 +176,28 @@ def _from_option_text(text: str, choices: list[str], method: Method) -> Extracti
     return None
 
 
+def _from_boxed(text: str, choices: list[str], method: Method) -> Extraction | None | Literal[False]:
+    """The option inside `\\boxed{...}`; boxes naming two different options are ambiguous."""
+    found: list[Extraction] = []
+    for content in _BOXED.findall(text):
+        span = _TEX_WRAP.sub(r"\1", content)
+        got = _parse_span(span, choices, method)
+        if got is None:
+            got = _from_formatted(span, len(choices))
+            got = got and Extraction(got.index, got.letter, method)
+        if got is False:
+            return False  # "\\boxed{A or B}"
+        if got is not None:
+            found.append(got)
+    if len({x.index for x in found}) > 1:
+        return False
+    return found[-1] if found else None
+
+
 def _search(text: str, choices: list[str]) -> Extraction | None | Literal[False]:
+    got = _from_boxed(text, choices, "boxed")
+    if got is not None:
+        return got
     got = _from_cues(text, choices, "letter")
     if got is not None:
         return got
@@ -180,6 +210,8 @@ def _from_answer_tag(output: str, choices: list[str]) -> Extraction | None | Lit
         return None
     content = blocks[-1]
     got = _parse_span(content, choices, "answer_tag")
+    if got is None:
+        got = _from_boxed(content, choices, "answer_tag")
     if got is None:
         got = _from_cues(content, choices, "answer_tag")
     if got is None:

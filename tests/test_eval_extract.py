@@ -15,6 +15,7 @@ ZH = ["男性", "女性"]
 YESNO = ["Yes", "No"]
 COUNT = ["2", "3", "4", "5"]
 ORDER = ["dog then cat", "cat then dog", "only a dog"]
+TEN = [f"{n} beeps" for n in range(1, 11)]  # A..J
 
 # (output, choices, expected index or None, expected method)
 CASES = [
@@ -81,7 +82,28 @@ CASES = [
     ("Yes.", YESNO, 0, "option_text"),
     ("There are 3 knocks.", COUNT, 1, "option_text"),
     ("<think>First the dog then the cat.</think>\nI heard cat then dog.", ORDER, 1, "option_text"),
-    # 5. nothing usable
+    # 5. reasoning-model final answers: boxed, "Option X", lowercase after an explicit cue
+    ("\\boxed{B}", ENV, 1, "boxed"),
+    ("<think>Reverb is long.</think>\nFinal Answer: \\boxed{B}", ENV, 1, "boxed"),
+    ("**Final Answer**\n\\boxed{\\text{C}}", ENV, 2, "boxed"),
+    ("\\boxed{c}", ENV, 2, "boxed"),
+    ("\\boxed{Open Grassland}", ENV, 2, "boxed"),
+    ("Option (A) has echo, but the answer is \\boxed{D}", ENV, 3, "boxed"),
+    ("\\boxed{B}, to be sure: \\boxed{B}", ENV, 1, "boxed"),
+    ("\\boxed{A} or \\boxed{B}", ENV, None, "none"),  # two options boxed: ambiguous
+    ("\\boxed{A or B}", ENV, None, "none"),
+    ("<answer>\\boxed{C}</answer>", ENV, 2, "answer_tag"),
+    ("Option B", ENV, 1, "letter"),
+    ("After listening twice I pick Option C.", ENV, 2, "letter"),
+    ("Option A is unlikely; Option B fits better.", ENV, None, "none"),  # names two options
+    ("the answer is: b", ENV, 1, "letter"),
+    ("The answer is: (c)", ENV, 2, "letter"),
+    ("Final answer: d.", ENV, 3, "letter"),
+    ("the answer is: a man speaking", ANIMALS, None, "none"),  # an article, not option A
+    ("option b sounds right", ENV, None, "none"),  # lowercase without an answer cue
+    ("<answer>G</answer>", TEN, 6, "answer_tag"),  # letters up to J
+    ("Answer: J", TEN, 9, "letter"),
+    # 6. nothing usable
     ("", ENV, None, "none"),
     ("   \n ", ENV, None, "none"),
     ("I cannot listen to audio.", ENV, None, "none"),
@@ -90,14 +112,14 @@ CASES = [
 
 
 def test_table_is_large_enough():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 70
 
 
 @pytest.mark.parametrize(("output", "choices", "index", "method"), CASES)
 def test_extract_choice(output, choices, index, method):
     got = extract_choice(output, choices)
     assert (got.index, got.method) == (index, method), got
-    assert got.letter == (None if index is None else "ABCDEF"[index])
+    assert got.letter == (None if index is None else "ABCDEFGHIJ"[index])
 
 
 def test_option_text_and_none():
