@@ -55,6 +55,7 @@ def render_card(manifest: dict, splits: dict[str, list[dict]]) -> str:
         f"- items read: {counts['read']}; samples written: {counts['samples']}; skipped: {counts['skipped']}; "
         f"direct-answer fallbacks (no thinking): {counts['thinking_fallback']}; "
         f"items with a blank option dropped: {counts['empty_choice_dropped']}",
+        f"- kept with warnings (by kind): {counts.get('warnings_by_kind') or 'none'}",
         f"- split mode: {manifest['options']['split']['mode']}; groups never straddle two splits",
         "",
         "## Samples per split x modality x layer",

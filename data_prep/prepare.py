@@ -175,6 +175,8 @@ def build_manifest(
     """manifest.json in the layout of docs/ARCHITECTURE.md."""
     skipped = [s.to_dict() for s in stats["skips"]]
     samples = [s for rows in splits.values() for s in rows]
+    kept = {s["id"] for s in samples}
+    warnings = [w for w in stats["warnings"] if w["id"] in kept]
     counts = {
         "read": stats["read"],
         "samples": len(samples),
@@ -183,6 +185,7 @@ def build_manifest(
         "truncated": stats["truncated"],
         "thinking_fallback": sum(s["template"] != cfg.template for s in samples),
         "empty_choice_dropped": sum(EMPTY_CHOICE_TAG in s["tags"] for s in samples),
+        "warnings_by_kind": dict(sorted(Counter(w["kind"] for w in warnings).items())),
         "per_split": {k: len(v) for k, v in splits.items()},
         "per_split_mix": {k: mix_counts(v) for k, v in splits.items()},
     }
@@ -205,6 +208,7 @@ def build_manifest(
         "splits": {k: split_summary(v) for k, v in splits.items()},
         "counts": counts,
         "skipped": skipped,
+        "warnings": warnings,
     }
 
 
@@ -307,11 +311,13 @@ def build_samples(
     """Read -> check audio -> render -> split; returns the splits and the counts for the manifest."""
     records, skips = load_records(cfg.source, strict=cfg.strict)
     read = len(records) + len(skips)
+    # Odd items that are kept as the benchmark shows them, e.g. a repeated option text.
+    warnings = [{"id": r.id, "kind": w} for r in records for w in r.warnings]
     records, audio = check_all_audio(records, cfg, skips)
     samples = render_all(records, cfg, template, system_prompt, audio, skips)
     truncated = sum(1 for s in samples if (s["audio_duration"] or 0.0) > cfg.audio.max_seconds)
     splits = make_splits(samples, cfg)
-    return splits, {"read": read, "skips": skips, "truncated": truncated}
+    return splits, {"read": read, "skips": skips, "truncated": truncated, "warnings": warnings}
 
 
 def run(argv: list[str]) -> Path:

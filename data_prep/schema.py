@@ -15,8 +15,13 @@ from common.errors import AudioError, AudioTooLongError, DataError
 __all__ = ["AudioError", "AudioTooLongError", "DataError"]  # re-exported: raised by data_prep too
 
 MIN_CHOICES = 2
-MAX_CHOICES = 6  # letters A..F; MMAR's largest item has 6 options
+MAX_CHOICES = 10  # letters A..J; MMAR's largest item has 6 options, MMAU test-mini's 8
 EMPTY_CHOICE_TAG = "empty_choice_dropped"
+# Warning kinds (counted in the manifest): the item is kept as the benchmark shows it.
+DUPLICATE_CHOICE_WARNING = "duplicate_choice_text"  # either letter of the answer's text is correct
+EMPTY_CHOICE_WARNING = EMPTY_CHOICE_TAG
+METADATA_TYPE_WARNING = "metadata_unexpected_type"  # kept as-is in `original`, not used
+UNKNOWN_LABEL = "unknown"
 
 
 class SourceFileError(DataError):
@@ -44,7 +49,11 @@ class AnswerNotInChoicesError(DataError):
 
 
 class TooFewChoicesError(DataError):
-    """Fewer than two choices (or more than the template can letter)."""
+    """Fewer than two non-blank choices."""
+
+
+class TooManyChoicesError(DataError):
+    """More choices than the templates can letter (A..J)."""
 
 
 class DuplicateIdError(DataError):
@@ -82,6 +91,8 @@ class Record:
     source: str = ""  # reader name
     tags: list[str] = field(default_factory=list)
     original: dict[str, Any] = field(default_factory=dict)
+    # Odd but usable: "<kind>" or "<kind>:<field>"; counted in the manifest, never a skip.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +126,41 @@ def as_str_list(value: Any, key: str, *, where: str, item_id: str | None) -> lis
     return list(value)
 
 
+def metadata_text(value: Any, key: str, warnings: list[str]) -> str | None:
+    """A metadata field that neither rendering nor scoring needs: never a reason to drop an item.
+
+    Strings pass, numbers become strings, a list of strings is joined with `|` (the way MMAR
+    joins several languages); anything else is recorded as a warning and read as absent (the
+    untouched value stays in the record's `original`).
+    """
+    if value is None or isinstance(value, bool):
+        return None if value is None else str(value)
+    if isinstance(value, (str, int, float)):
+        text = str(value).strip()
+        return text or None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "|".join(v.strip() for v in value if v.strip()) or None
+    warnings.append(f"{METADATA_TYPE_WARNING}:{key}")
+    return None
+
+
+def label_text(value: Any, key: str, warnings: list[str]) -> str:
+    """A breakdown label (modality, category): present, and "unknown" with a warning if unusable."""
+    return metadata_text(value, key, warnings) or UNKNOWN_LABEL
+
+
+def metadata_list(value: Any, key: str, warnings: list[str]) -> list[str]:
+    """A list-of-strings metadata field (e.g. `cue`): a string is one element, odd types a warning."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    warnings.append(f"{METADATA_TYPE_WARNING}:{key}")
+    return []
+
+
 def optional_text(value: Any, key: str, *, where: str, item_id: str | None) -> str | None:
     """An optional free-text field: None or blank becomes None."""
     if value is None:
@@ -139,6 +185,11 @@ def validate_record(rec: Record, *, where: str) -> Record:
     rec.choices = _check_choices(rec.choices, where=where, item_id=rec.id)
     if len(rec.choices) < given:
         rec.tags = sorted(set(rec.tags) | {EMPTY_CHOICE_TAG})
+        rec.warnings.append(EMPTY_CHOICE_WARNING)
+    if len(set(rec.choices)) != len(rec.choices):
+        # Kept as the benchmark shows it (MMAU has `four / nine / fourteen / fourteen`): the
+        # official scorers compare text, so either letter of a repeated answer text is correct.
+        rec.warnings.append(DUPLICATE_CHOICE_WARNING)
     if not isinstance(rec.answer, str) or not rec.answer.strip():
         raise MissingFieldError(
             "required field is missing or empty", where=where, item_id=rec.id, field="answer"
@@ -152,6 +203,7 @@ def validate_record(rec: Record, *, where: str) -> Record:
             field="answer",
         )
     rec.group = rec.group or rec.id
+    rec.warnings = sorted(set(rec.warnings))
     return rec
 
 
@@ -169,15 +221,12 @@ def _check_choices(choices: Any, *, where: str, item_id: str) -> list[str]:
             field="choices",
         )
     if len(stripped) > MAX_CHOICES:
-        raise TooFewChoicesError(
-            f"{len(stripped)} choices; at most {MAX_CHOICES} are supported",
+        raise TooManyChoicesError(
+            f"{len(stripped)} choices; at most {MAX_CHOICES} (letters A..J) are supported",
             where=where,
             item_id=item_id,
             field="choices",
         )
-    if len(set(stripped)) != len(stripped):
-        # Two identical options make the correct letter ambiguous.
-        raise InvalidFieldError("duplicate choice text", where=where, item_id=item_id, field="choices")
     return stripped
 
 

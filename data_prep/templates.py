@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from data_prep.schema import MissingThinkingError, Record
 
-LETTERS = "ABCDEF"
+LETTERS = "ABCDEFGHIJ"  # schema.MAX_CHOICES options at most
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,8 @@ def render_sample(
         thinking = fold_cues(thinking.strip(), rec.cue) if fold_cue else thinking.strip()
     perm = option_permutation(len(rec.choices), item_id=rec.id, seed=seed, shuffle=shuffle)
     shown = [rec.choices[j] for j in perm]
+    # With a repeated answer text (MMAU's `four / nine / fourteen / fourteen`) this is the first
+    # of its letters; scorers compare the chosen option's text, so either letter counts.
     answer_index = shown.index(rec.answer)
     target = target_text(used, rec.answer, thinking)
     messages = [

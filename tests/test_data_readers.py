@@ -23,6 +23,7 @@ from data_prep.schema import (
     MissingThinkingError,
     SourceFileError,
     TooFewChoicesError,
+    TooManyChoicesError,
     UnknownSourceError,
 )
 from data_prep.templates import parse_target
@@ -106,7 +107,7 @@ def test_mmau_reader_with_direct_fallback(tmp_path):
     rows = {r["id"]: r for r in rows_of(dataset)}
     r5 = rows["mmau-5"]
     assert r5["category"] == "Sound Counting|Temporal Reasoning"
-    assert r5["modality"] == "speech" and r5["tags"] == ["difficulty:easy"]
+    assert r5["modality"] == "speech" and r5["tags"] == ["dataset:x", "difficulty:easy"]
     assert r5["group"] == rows["mmau-4"]["group"] == "./test-mini-audios/clip2.wav"
     assert all(r["template"] == "direct_v1" and r["thinking"] is None for r in rows.values())
     assert parse_target(r5["target"]) == (None, r5["answer"])
@@ -214,9 +215,9 @@ def test_canonical_reader(tmp_path):
         ({"choices": ["a cat", "", " "]}, TooFewChoicesError, "choices"),
         ({"question": ""}, MissingFieldError, "question"),
         ({"choices": "a cat, a dog"}, InvalidFieldError, "choices"),
-        ({"choices": ["a", "b", "c", "d", "e", "f", "a cat"]}, TooFewChoicesError, "choices"),
-        ({"choices": ["a cat", "a cat "]}, InvalidFieldError, "choices"),
-        ({"cue": 3}, InvalidFieldError, "cue"),
+        ({"choices": [*"abcdefghij", "a cat"]}, TooManyChoicesError, "choices"),
+        ({"choices": ["a cat", {"text": "a dog"}]}, InvalidFieldError, "choices"),
+        ({"thinking": ["Meowing", "is heard"]}, InvalidFieldError, "thinking"),  # cot renders it
     ],
 )
 def test_bad_items_are_skipped_with_reason_or_raise_when_strict(tmp_path, override, error, field):
@@ -298,3 +299,80 @@ def test_unknown_config_key_fails(tmp_path):
 
     with pytest.raises(ConfigError, match="shuffle_option"):
         run(["--config", str(REPO / "configs/data/mmar_cot.yaml"), "--shuffle_option", "true"])
+
+
+# ---------------------------------------------------------------- every item of a benchmark file
+
+
+def _mmau_published(i: int, **override) -> dict:
+    """One item in the layout of MMAU's published mmau-test-mini.json."""
+    item = {
+        "id": f"0a1b2c3d-{i:04d}-4bc8-a753-68f8f6c35652",
+        "audio_id": f"./test-mini-audios/0a1b2c3d-{i:04d}.wav",
+        "question": "Based on the given audio, identify the source of the speaking voice.",
+        "choices": ["Man", "Woman", "Child", "Robot"],
+        "answer": "Man",
+        "dataset": "AudioSet",
+        "task": ["sound", "music", "speech"][i % 3],
+        "split": "test-mini",
+        "category": "Reasoning",
+        "sub-category": "Acoustic Source Inference",
+        "difficulty": ["easy", "medium", "hard"][i % 3],
+    }
+    item.update(override)
+    return item
+
+
+MMAU_ODD = {
+    # the answer text appears twice: either letter is correct
+    "dup": {"question": "How many beats are in the bar?", "choices": ["four", "nine", "fourteen", "fourteen"],
+            "answer": "nine"},
+    "dup_answer": {"choices": ["fourteen", "nine", "fourteen", "four"], "answer": "fourteen"},
+    "eight": {"choices": ["C", "D", "E", "F", "G", "A", "B", "C#"], "answer": "G"},  # letters A..H
+    "list_subcat": {"sub-category": ["Counting", "Temporal Reasoning"]},
+    "dict_difficulty": {"difficulty": {"level": "hard"}},  # unused by rendering and scoring
+    "number_dataset": {"dataset": 7},
+}  # fmt: skip
+
+
+def write_mmau_published(path: Path) -> tuple[Path, dict[str, dict]]:
+    items = [_mmau_published(i) for i in range(6)]
+    odd = {name: _mmau_published(10 + k, **over) for k, (name, over) in enumerate(MMAU_ODD.items())}
+    path.write_text(json.dumps(items + list(odd.values()), indent=2), encoding="utf-8")
+    return path, odd
+
+
+def test_mmau_published_layout_keeps_every_item(tmp_path):
+    src, odd = write_mmau_published(tmp_path / "mmau-test-mini.json")
+    dataset = run(mmau_args(src, tmp_path / "out"))
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["counts"]["read"] == manifest["counts"]["samples"] == 12 and manifest["skipped"] == []
+    assert manifest["counts"]["warnings_by_kind"] == {
+        "duplicate_choice_text": 2,
+        "metadata_unexpected_type:difficulty": 1,
+    }
+    assert {w["id"] for w in manifest["warnings"]} == {odd["dup"]["id"], odd["dup_answer"]["id"],
+                                                       odd["dict_difficulty"]["id"]}  # fmt: skip
+    assert "duplicate_choice_text" in (dataset / "README.md").read_text()
+    rows = {r["id"]: r for r in rows_of(dataset)}
+    dup = rows[odd["dup"]["id"]]
+    assert sorted(dup["choices"]) == ["four", "fourteen", "fourteen", "nine"]  # both copies shown
+    assert dup["choices"][dup["answer_index"]] == "nine"
+    eight = rows[odd["eight"]["id"]]
+    assert len(eight["choices"]) == 8 and "(H) " in eight["messages"][1]["content"][1]["text"]
+    assert eight["answer_letter"] == "ABCDEFGH"[eight["choices"].index("G")]
+    assert rows[odd["list_subcat"]["id"]]["sub_category"] == "Counting|Temporal Reasoning"
+    assert "dataset:7" in rows[odd["number_dataset"]["id"]]["tags"]
+    # The odd value is carried untouched in the source record (for the submission export).
+    assert json.loads(rows[odd["dict_difficulty"]["id"]]["source_record"])["difficulty"] == {"level": "hard"}
+
+
+def test_metadata_of_an_unexpected_type_never_drops_an_item(tmp_path):
+    odd = mmar_item(1, language=["English", "Mandarin"], cue=3, **{"sub-category": {"x": 1}})
+    src = write_jsonl(tmp_path / "m.jsonl", [mmar_item(0), odd])
+    records, skips = load_records(SourceConfig(reader="mmar", path=str(src)), strict=True)
+    assert not skips and len(records) == 2
+    rec = records[1]
+    assert rec.language == "English|Mandarin" and rec.cue == [] and rec.sub_category == ""
+    assert rec.warnings == ["metadata_unexpected_type:cue", "metadata_unexpected_type:sub-category"]
+    assert rec.original["cue"] == 3

@@ -103,9 +103,9 @@ CORPUS: dict[str, tuple[dict, str | None]] = {
         "AnswerNotInChoicesError",
     ),
     "one_choice": (_item("one_choice", choices=["the first tone"]), "TooFewChoicesError"),
-    "seven_choices": (
-        _item("seven_choices", choices=[f"option {i}" for i in range(6)] + ["the first tone"]),
-        "TooFewChoicesError",
+    "eleven_choices": (
+        _item("eleven_choices", choices=[f"option {i}" for i in range(10)] + ["the first tone"]),
+        "TooManyChoicesError",
     ),
     "ünïcødé_全部_🎵": (_item("ünïcødé_全部_🎵", "audio/ünïcødé_音声.wav", **UNICODE), None),
     "path_escape": (_item("path_escape", "../../etc/passwd"), "AudioError"),
@@ -147,7 +147,7 @@ def test_bad_corpus_through_prepare_reports_every_skip(bad_corpus, tmp_path):
         assert "Traceback" not in skipped[item_id]["reason"]
     assert sum(counts["skipped_by_reason"].values()) == counts["skipped"]
     assert "escapes the audio root" in skipped["path_escape"]["reason"]
-    assert "at most 6" in skipped["seven_choices"]["reason"]
+    assert "at most 10" in skipped["eleven_choices"]["reason"]
     rows = {r["id"]: r for r in read_jsonl(dataset / "test.jsonl")}
     assert set(rows) == expected_kept
     assert counts["truncated"] == 1 and rows["long_45s"]["audio_duration"] == pytest.approx(45.0)

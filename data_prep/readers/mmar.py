@@ -12,7 +12,16 @@ from pathlib import Path
 from data_prep.config import SourceConfig
 from data_prep.readers import RawItem
 from data_prep.readers._json import read_json_items
-from data_prep.schema import Record, as_str, as_str_list, ensure_object, optional_text, require
+from data_prep.schema import (
+    Record,
+    as_str,
+    ensure_object,
+    label_text,
+    metadata_list,
+    metadata_text,
+    optional_text,
+    require,
+)
 
 NAME = "mmar"
 
@@ -28,25 +37,32 @@ def group_of(item_id: str) -> str:
 
 
 def to_record(raw: object, *, where: str, cfg: SourceConfig) -> Record:
-    """Map one MMAR item to a Record (fields checked further by validate_record)."""
+    """Map one MMAR item to a Record (fields checked further by validate_record).
+
+    Strict: what rendering or scoring reads (id, audio_path, question, choices, answer, thinking).
+    Lenient: metadata (sub-category, language, cue, group; modality/category must be present but
+    an odd type reads as "unknown"); odd values become warnings, never a skipped item.
+    """
     raw = ensure_object(raw, where=where)
     item_id = as_str(require(raw, "id", where=where, item_id=None), "id", where=where, item_id=None)
     kw = {"where": where, "item_id": item_id}
-    group = optional_text(raw.get("group"), "group", **kw) or group_of(item_id)
+    warnings: list[str] = []
+    group = metadata_text(raw.get("group"), "group", warnings) or group_of(item_id)
     return Record(
         id=item_id,
         audio_path=as_str(require(raw, "audio_path", **kw), "audio_path", **kw),
         question=as_str(require(raw, "question", **kw), "question", **kw),
         choices=require(raw, "choices", **kw),
         answer=as_str(require(raw, "answer", **kw), "answer", **kw),
-        modality=as_str(require(raw, "modality", **kw), "modality", **kw),
-        category=as_str(require(raw, "category", **kw), "category", **kw),
-        sub_category=optional_text(raw.get("sub-category"), "sub-category", **kw) or "",
+        modality=label_text(require(raw, "modality", **kw), "modality", warnings),
+        category=label_text(require(raw, "category", **kw), "category", warnings),
+        sub_category=metadata_text(raw.get("sub-category"), "sub-category", warnings) or "",
         group=group,
         thinking=optional_text(raw.get("thinking"), "thinking", **kw),
-        cue=as_str_list(raw.get("cue"), "cue", **kw),
-        language=optional_text(raw.get("language"), "language", **kw),
+        cue=metadata_list(raw.get("cue"), "cue", warnings),
+        language=metadata_text(raw.get("language"), "language", warnings),
         source=NAME,
         tags=[],
         original=raw,
+        warnings=warnings,
     )
