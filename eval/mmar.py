@@ -8,7 +8,10 @@ Consequences we keep on purpose, so our numbers are comparable with published MM
 - a distractor with exactly the answer's token set ("dog then cat" vs "cat then dog") is ignored,
   so either wording counts as correct;
 - an empty prediction scores 0.
-Apply it to `answer_prediction`, the chosen option's *text*, not to the raw output.
+Apply it to `answer_prediction`, the final answer exactly as the model wrote it
+(`answer_prediction_of`): the `<answer>` span, or the whole output when it has no tags. Nothing
+is mapped or cleaned first, so `C` scores 0 and an answer that names a distractor's words scores 0,
+as in MMAR's own `evaluation.py` on the same text. (`choice_acc` is the robust reading.)
 """
 
 from __future__ import annotations
@@ -16,6 +19,15 @@ from __future__ import annotations
 import re
 
 _TOKEN = re.compile(r"\b\w+\b")
+# The last answer block; an unclosed one (output cut by max_new_tokens) runs to the end.
+_ANSWER_SPAN = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.IGNORECASE | re.DOTALL)
+
+
+def answer_prediction_of(output: str | None) -> str:
+    """The final answer verbatim: the last `<answer>...</answer>` content, else the whole output."""
+    text = output or ""
+    spans = _ANSWER_SPAN.findall(text)
+    return (spans[-1] if spans else text).strip()
 
 
 def tokenize(text: str) -> set[str]:

@@ -33,9 +33,9 @@ from common.io import (
 )
 from common.logging_utils import setup_logging
 from common.provenance import git_sha, library_versions
-from eval.extract import extract_choice, option_text
-from eval.metrics import compute_metrics, summary_lines
-from eval.mmar import mmar_correct
+from eval.extract import extract_choice
+from eval.metrics import METRICS, compute_metrics, summary_lines
+from eval.mmar import answer_prediction_of, mmar_correct
 from eval.score import item_from_row
 
 log = logging.getLogger(__name__)
@@ -160,11 +160,20 @@ def generate_batch(model: Any, processor: Any, family: Any, rows: list[dict], cf
     return results
 
 
+def chose_answer(choices: list[str], index: int | None, answer: str) -> bool:
+    """choice_acc: the chosen option has the answer's text (with a repeated text, either letter)."""
+    return index is not None and choices[index].strip() == answer.strip()
+
+
 def prediction_row(sample: dict, gen: dict, audio_mode: str) -> dict:
-    """One predictions.jsonl line: item metadata, raw output, extraction and both correctness flags."""
+    """One predictions.jsonl line: item metadata, raw output, extraction and both correctness flags.
+
+    `answer_prediction` is the answer as written (the `<answer>` span, else the whole output) and
+    `mmar_correct` is MMAR's rule on it; `choice_correct` uses the option read from the output.
+    """
     choices = sample["choices"]
     ext = extract_choice(gen["output"], choices)
-    answer_prediction = option_text(choices, ext)
+    answer_prediction = answer_prediction_of(gen["output"])
     return {
         "id": sample["id"],
         "group": sample.get("group"),
@@ -184,7 +193,7 @@ def prediction_row(sample: dict, gen: dict, audio_mode: str) -> dict:
         "pred_letter": ext.letter,
         "method": ext.method,
         "answer_prediction": answer_prediction,
-        "choice_correct": ext.index == sample["answer_index"],
+        "choice_correct": chose_answer(choices, ext.index, sample["answer"]),
         "mmar_correct": mmar_correct(sample["answer"], answer_prediction, choices),
         "audio_mode": audio_mode,
         "n_prompt_tokens": gen["n_prompt_tokens"],
@@ -237,7 +246,7 @@ def metrics_from_predictions(preds: list[dict], audio_mode: str = "real") -> dic
     metrics["audio_mode"] = audio_mode
     metrics["truncated"] = sum(bool(p.get("truncated")) for p in preds)
     if audio_mode != "real":
-        key = "choice_acc" if "choice_acc" in metrics else "mmar_acc"
+        key = next(name for name in METRICS if name in metrics)
         o = metrics[key]["overall"]
         above = o["p_vs_random"] < 0.05
         metrics["ablation"] = {
@@ -435,15 +444,27 @@ def _log_wandb(cfg: EvalConfig, metrics: dict, run_info: dict) -> None:
 
 
 def wandb_metrics(metrics: dict, prefix: str = "eval") -> dict[str, float]:
-    """Flat W&B metrics: `eval/acc/overall`, `eval/acc/<layer>` (choice_acc), `eval/mmar_acc/...`."""
+    """Flat W&B metrics: `eval/acc/overall`, `eval/acc/<layer>` (choice_acc), `eval/mmar_acc/...`,
+    answers per extraction method, option-order robustness and MMAR-Rubrics scores when present."""
     out: dict[str, float] = {}
-    for key, name in (("choice_acc", "acc"), ("mmar_acc", "mmar_acc")):
+    for key, spec in METRICS.items():
         if key not in metrics:
             continue
-        out[f"{prefix}/{name}/overall"] = metrics[key]["overall"]["accuracy"]
+        out[f"{prefix}/{spec.wandb}/overall"] = metrics[key]["overall"]["accuracy"]
         for layer, c in metrics[key].get("category", {}).items():
-            out[f"{prefix}/{name}/{layer}"] = c["accuracy"]
+            out[f"{prefix}/{spec.wandb}/{layer}"] = c["accuracy"]
     out[f"{prefix}/instruction_following"] = metrics["instruction_following"]["rate"]
+    for method, n in metrics.get("extraction_methods", {}).items():
+        out[f"{prefix}/extraction/{method}"] = n
+    orders = metrics.get("option_orders")
+    if orders:
+        for key in ("mean_accuracy", "std_accuracy", "all_orders_correct"):
+            out[f"{prefix}/option_orders/{key}"] = orders[key]
+    rubrics = metrics.get("rubrics")
+    if rubrics:
+        out[f"{prefix}/rubrics/overall"] = rubrics["overall"]["score"]
+        for layer, c in rubrics.get("category", {}).items():
+            out[f"{prefix}/rubrics/{layer}"] = c["score"]
     return out
 
 
