@@ -174,15 +174,15 @@ def score_rows(
     ref_ids = []
     for lineno, ref in reference:
         ref_ids.append(_check_row(ref, f"reference:{lineno}", True))
-    extra = sorted(set(by_id) - set(ref_ids))
-    if extra:
-        raise PredictionsError(f"{source}: {len(extra)} id(s) not in the reference, e.g. {extra[:5]}")
     missing = [i for i in ref_ids if i not in by_id]
     if missing and (require_all or len(missing) == len(ref_ids)):
         raise PredictionsError(
             f"{source}: {len(missing)} of the reference's {len(ref_ids)} id(s) are missing "
             f"(a prediction file of another benchmark or split?): {missing[:10]}"
         )
+    extra = sorted(set(by_id) - set(ref_ids))
+    if extra:
+        raise PredictionsError(f"{source}: {len(extra)} id(s) not in the reference, e.g. {extra[:5]}")
     ref_rows = dict(zip(ref_ids, (r for _, r in reference)))
     # A reference item without a prediction is scored as an empty prediction (wrong, counted).
     return [item_from_row(by_id.get(i, {**ref_rows[i], "answer_prediction": None})) for i in ref_ids]
