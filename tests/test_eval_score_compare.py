@@ -132,9 +132,12 @@ def test_reference_counts_missing_items(tmp_path):
     m = score.score_file(inp, reference=ref)
     assert m["mmar_acc"]["overall"]["total"] == 5 and m["mmar_acc"]["overall"]["correct"] == 3
     assert m["no_prediction"] == 2
-    extra = _write_jsonl(tmp_path / "extra.jsonl", [_item(9, "Open Grassland")])
+    extra = _write_jsonl(tmp_path / "extra.jsonl", [_item(i, "Open Grassland") for i in (0, 1, 9)])
     with pytest.raises(score.PredictionsError, match="not in the reference"):
         score.score_file(extra, reference=ref)
+    foreign = _write_jsonl(tmp_path / "foreign.jsonl", [_item(9, "Open Grassland")])
+    with pytest.raises(score.PredictionsError, match=r"5 of the reference's 5 id\(s\) are missing.*vid0_"):
+        score.score_file(foreign, reference=ref)
 
 
 def _run_dir(root: Path, name: str, correct: list[bool], audio: str = "real", model: str = "m") -> Path:
