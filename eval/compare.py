@@ -5,7 +5,9 @@ Writes `<out>/comparison.md`, `comparison.csv`, `comparison.json` and `accuracy_
 every score per system and per layer / modality / sub-category, the paired difference against the
 first system with an exact McNemar test (Bonferroni over the compared systems), the random
 baseline and the exact p-value against it (Bonferroni over all systems). Runs made with
-`--audio none|noise|silence` are checked for language priors.
+`--audio none|noise|silence` are checked for language priors. When a run's metrics.json has them,
+MMAR-Rubrics scores (`python -m eval.rubrics`) stand beside the accuracies and the option-order
+robustness (`eval.run --option_orders K`) gets its own table.
 """
 
 from __future__ import annotations
@@ -22,12 +24,11 @@ from pathlib import Path
 from common.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from common.logging_utils import setup_logging
 from eval import stats
-from eval.metrics import ScoredItem, cell
+from eval.metrics import METRICS, ScoredItem, available_metrics, cell
 from eval.score import load_rows, score_rows
 
 log = logging.getLogger(__name__)
 
-METRICS = ("choice_acc", "mmar_acc")
 SCOPE_TYPES = ("overall", "category", "modality", "sub-category", "tag")
 ALPHA = 0.05
 
@@ -42,6 +43,7 @@ class System:
     path: Path
     items: dict[str, ScoredItem]
     run_info: dict
+    metrics: dict  # the run's metrics.json ({} when absent): rubric and option-order results
 
     @property
     def audio_mode(self) -> str:
@@ -49,7 +51,12 @@ class System:
 
 
 def _flag(item: ScoredItem, metric: str) -> bool:
-    return item.mmar_correct if metric == "mmar_acc" else bool(item.choice_correct)
+    return METRICS[metric].flag(item)
+
+
+def _primary(rows: list[dict]) -> str:
+    """The first METRICS entry the rows hold (choice_acc when every run knows the options)."""
+    return next(m for m in METRICS if any(r["metric"] == m for r in rows))
 
 
 def load_system(path: str | Path, name: str) -> System:
@@ -61,7 +68,9 @@ def load_system(path: str | Path, name: str) -> System:
     items = score_rows(load_rows(preds), source=str(preds))
     info_path = path / "run_info.json"
     run_info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
-    return System(name, path, {x.id: x for x in items}, run_info)
+    metrics_path = path / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+    return System(name, path, {x.id: x for x in items}, run_info, metrics)
 
 
 def _names(paths: list[str]) -> list[str]:
@@ -131,10 +140,7 @@ def comparison_rows(systems: list[System]) -> list[dict]:
     """One row per (scope, system, metric); choice_acc only when every run knows the options."""
     ids = check_same_items(systems)
     items = [systems[0].items[i] for i in ids]
-    metrics = [
-        m for m in METRICS
-        if m != "choice_acc" or all(x.choice_correct is not None for s in systems for x in s.items.values())
-    ]  # fmt: skip
+    metrics = available_metrics(x for s in systems for x in s.items.values())
     return [
         _row(scope, s, systems[0], metric, len(systems))
         for scope in _scopes(items)
@@ -149,17 +155,33 @@ def _fmt_p(p: float | None) -> str:
     return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
 
 
+def rubric_score(system_metrics: dict, scope_type: str, scope: str) -> float | None:
+    """The MMAR-Rubrics score (x100, all items) of a scope, or None when the run has none."""
+    rub = system_metrics.get("rubrics")
+    if not rub:
+        return None
+    cell_ = rub["overall"] if scope_type == "overall" else rub.get(scope_type, {}).get(scope)
+    return None if cell_ is None else cell_["score"]
+
+
 def markdown_table(
-    rows: list[dict], scope_types: tuple[str, ...] = ("overall", "category", "modality")
+    rows: list[dict],
+    scope_types: tuple[str, ...] = ("overall", "category", "modality"),
+    systems: list[System] | None = None,
 ) -> str:
-    """Markdown table: one line per scope and system, both metrics side by side."""
+    """Markdown table: one line per scope and system, every metric side by side, and the
+    MMAR-Rubrics score when some run has one."""
     by_key: dict[tuple, dict] = {}
     for r in rows:
         by_key.setdefault((r["scope_type"], r["scope"], r["system"]), {})[r["metric"]] = r
     metrics = [m for m in METRICS if any(r["metric"] == m for r in rows)]
+    run_metrics = {s.name: s.metrics for s in systems or []}
+    with_rubrics = any(m.get("rubrics") for m in run_metrics.values())
     head = ["scope", "system", "n"]
     for m in metrics:
         head += [f"{m} % [95% CI]", f"Δ {m} (McNemar p, Bonf.)"]
+    if with_rubrics:
+        head.append("rubric score")
     head += ["random %", "p vs random (Bonf.)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (scope_type, scope, system), per in by_key.items():
@@ -172,6 +194,9 @@ def markdown_table(
             cells.append(f"{r['accuracy']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}]")
             delta = r["delta_vs_first"]
             cells.append("—" if delta is None else f"{delta:+.1f} (p={_fmt_p(r['mcnemar_p_bonf'])})")
+        if with_rubrics:
+            rub = rubric_score(run_metrics.get(system, {}), scope_type, scope)
+            cells.append("—" if rub is None else f"{rub:.1f}")
         cells += [f"{first['random_accuracy']:.1f}", _fmt_p(first["p_vs_random_bonf"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -192,7 +217,7 @@ def bar_chart_png(rows: list[dict]) -> bytes:
     matplotlib.use("Agg")  # headless: no display on clusters or CI
     import matplotlib.pyplot as plt
 
-    metric = "choice_acc" if any(r["metric"] == "choice_acc" for r in rows) else "mmar_acc"
+    metric = _primary(rows)
     sel = [r for r in rows if r["metric"] == metric and r["scope_type"] in ("overall", "category")]
     scopes = list(dict.fromkeys(r["scope"] for r in sel))
     systems = list(dict.fromkeys(r["system"] for r in sel))
@@ -229,7 +254,7 @@ def _same_model(a: System, b: System) -> bool:
 
 def ablation_notes(systems: list[System], rows: list[dict]) -> list[str]:
     """Statements about runs without real audio: above chance, and accuracy kept vs with audio."""
-    metric = "choice_acc" if any(r["metric"] == "choice_acc" for r in rows) else "mmar_acc"
+    metric = _primary(rows)
     overall = {r["system"]: r for r in rows if r["scope_type"] == "overall" and r["metric"] == metric}
     ids = list(systems[0].items)
     notes = []
@@ -262,7 +287,26 @@ def ablation_notes(systems: list[System], rows: list[dict]) -> list[str]:
     return notes
 
 
-def _log_wandb(project: str, out: Path, rows: list[dict], png: Path) -> None:
+def option_orders_table(systems: list[System]) -> str:
+    """Markdown: accuracy over cyclic option orders per run that was evaluated with several."""
+    runs = [(s, s.metrics["option_orders"]) for s in systems if s.metrics.get("option_orders")]
+    if not runs:
+        return ""
+    lines = [
+        "Option-order robustness (`eval.run --option_orders K`, cyclic rotations of the options):",
+        "",
+        "| system | orders | metric | mean % | std | min % | max % | right under every order % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s, o in runs:
+        lines.append(
+            f"| {s.name} | {o['orders']} | {o['metric']} | {o['mean_accuracy']:.1f} | {o['std_accuracy']:.1f} | "
+            f"{o['min_accuracy']:.1f} | {o['max_accuracy']:.1f} | {o['all_orders_correct']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _log_wandb(project: str, out: Path, rows: list[dict], png: Path, systems: list[System]) -> None:
     try:
         import wandb
     except ImportError as e:  # pragma: no cover - wandb is a dependency, but keep the error clear
@@ -273,7 +317,18 @@ def _log_wandb(project: str, out: Path, rows: list[dict], png: Path) -> None:
         project=project, name=f"compare-{out.name}", job_type="compare", dir=str(out), mode=wandb_mode()
     )
     table = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
-    run.log({"compare/table": table, "compare/accuracy_by_layer": wandb.Image(str(png))})
+    logged = {"compare/table": table, "compare/accuracy_by_layer": wandb.Image(str(png))}
+    for s in systems:  # rubric and option-order scores per system, where the runs have them
+        if s.metrics.get("rubrics"):
+            logged[f"compare/{s.name}/rubrics/overall"] = s.metrics["rubrics"]["overall"]["score"]
+        if s.metrics.get("option_orders"):
+            logged[f"compare/{s.name}/option_orders/mean_accuracy"] = s.metrics["option_orders"][
+                "mean_accuracy"
+            ]
+            logged[f"compare/{s.name}/option_orders/all_orders_correct"] = s.metrics["option_orders"][
+                "all_orders_correct"
+            ]
+    run.log(logged)
     run.finish()
 
 
@@ -296,7 +351,10 @@ def compare(paths: list[str], out: str | Path, *, wandb_project: str | None = No
     out = Path(out)
     systems = [load_system(p, n) for p, n in zip(paths, _names(paths))]
     rows = comparison_rows(systems)
-    md = _systems_header(systems) + markdown_table(rows)
+    md = _systems_header(systems) + markdown_table(rows, systems=systems)
+    orders = option_orders_table(systems)
+    if orders:
+        md += "\n" + orders
     notes = ablation_notes(systems, rows)
     if notes:
         md += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
@@ -320,12 +378,20 @@ def compare(paths: list[str], out: str | Path, *, wandb_project: str | None = No
         "alpha": ALPHA,
         "bonferroni": {"p_vs_random": len(systems), "mcnemar": max(1, len(systems) - 1)},
         "rows": rows,
+        "option_orders": {
+            s.name: s.metrics["option_orders"] for s in systems if s.metrics.get("option_orders")
+        },
+        "rubrics": {
+            s.name: {k: s.metrics["rubrics"][k] for k in ("judge", "overall", "category", "modality")}
+            for s in systems
+            if s.metrics.get("rubrics")
+        },
         "notes": notes,
         "files": {"markdown": "comparison.md", "csv": "comparison.csv", "chart": png.name},
     }
     atomic_write_json(out / "comparison.json", summary)
     if wandb_project:
-        _log_wandb(wandb_project, out, rows, png)
+        _log_wandb(wandb_project, out, rows, png, systems)
     return summary
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,7 +35,7 @@ from common.io import (
 from common.logging_utils import setup_logging
 from common.provenance import git_sha, library_versions
 from eval.extract import extract_choice
-from eval.metrics import METRICS, compute_metrics, summary_lines
+from eval.metrics import METRICS, available_metrics, compute_metrics, summary_lines
 from eval.mmar import answer_prediction_of, mmar_correct
 from eval.score import item_from_row
 
@@ -81,6 +82,11 @@ class EvalConfig:
     family: str | None = _f(None, "Model family under train/families (null = from config.json).")
     attn_implementation: str | None = _f(None, "eager | sdpa | flash_attention_2 (null = default).")
     trust_remote_code: bool = _f(False, "Run model code from the checkpoint; off unless you trust it.")
+    option_orders: int = _f(
+        1,
+        "Also evaluate each item under K cyclic rotations of its options (1 = displayed order only); "
+        "metrics.json's option_orders gives mean accuracy, spread and the share right under every order.",
+    )
     wandb: bool = _f(False, "Log metrics (eval/acc/<layer>) to W&B.")
     wandb_project: str = _f("audio-reasoning-tuner", "W&B project.")
 
@@ -266,6 +272,58 @@ def metrics_from_predictions(preds: list[dict], audio_mode: str = "real") -> dic
     return metrics
 
 
+def _options_block(choices: list[str]) -> str:
+    # The lettered list data_prep's templates render: "(A) first\n(B) second ...".
+    return "\n".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(choices))
+
+
+def rotate_sample(sample: dict, rotation: int) -> dict:
+    """The sample with its options cyclically rotated by `rotation` places (prompt text included).
+
+    Rotation r shows option r first: the answer keeps its text and moves r letters up. Only the
+    options block of the user turn changes, so question, audio and instruction stay identical.
+    """
+    choices = sample["choices"]
+    r = rotation % len(choices)
+    shown = choices[r:] + choices[:r]
+    old, new = _options_block(choices), _options_block(shown)
+    out = copy.deepcopy(sample)
+    found = False
+    for message in out["messages"][:-1]:
+        for block in message["content"]:
+            if block.get("type") == "text" and old in (block.get("text") or ""):
+                block["text"] = block["text"].replace(old, new, 1)
+                found = True
+    if not found:
+        raise EvalError(f"item {sample['id']!r}: the prompt has no '(A) ...' options block to rotate")
+    index = (sample["answer_index"] - r) % len(choices)
+    out.update(choices=shown, answer_index=index, answer_letter=chr(ord("A") + index), rotation=r)
+    out["permutation"] = [(sample.get("permutation") or list(range(len(choices))))[(i + r) % len(choices)]
+                          for i in range(len(choices))]  # fmt: skip
+    return out
+
+
+def option_order_stats(orders: list[list[dict]]) -> dict:
+    """metrics.json `option_orders`: per order accuracy, its mean and spread, and the share of
+    items right under every order, for each score (top level: the first, choice_acc)."""
+    scored = [[item_from_row(p) for p in preds] for preds in orders]
+    by_metric = {}
+    for name in available_metrics(x for order in scored for x in order):
+        flags = [[METRICS[name].flag(x) for x in order] for order in scored]
+        acc = [100.0 * sum(f) / len(f) for f in flags]
+        by_metric[name] = {
+            "per_order_accuracy": [round(a, 4) for a in acc],
+            "mean_accuracy": round(statistics.fmean(acc), 4),
+            "std_accuracy": round(statistics.pstdev(acc), 4),
+            "min_accuracy": round(min(acc), 4),
+            "max_accuracy": round(max(acc), 4),
+            "all_orders_correct": round(100.0 * sum(all(col) for col in zip(*flags)) / len(flags[0]), 4),
+        }
+    primary = next(iter(by_metric))
+    return {"orders": len(orders), "n_items": len(orders[0]), "metric": primary, **by_metric[primary],
+            "by_metric": by_metric}  # fmt: skip
+
+
 def resolve_data(data: str | Path) -> Path:
     """The prepared dataset dir itself (resolving `latest`), or a clear error."""
     path = Path(data)
@@ -428,6 +486,13 @@ def load_done(preds_path: Path, rows: list[dict]) -> dict[str, dict]:
     return done
 
 
+def rotation_todo(path: Path, rows: list[dict], k: int) -> dict[int, list[dict]]:
+    """Rotated samples still to generate, per rotation 1..k-1 (finished ones are in `path`)."""
+    done = {(p.get("id"), p.get("rotation")) for p in read_complete_jsonl(path)} if k > 1 else set()
+    todo = {r: [rotate_sample(row, r) for row in rows if (row["id"], r) not in done] for r in range(1, k)}
+    return {r: batch for r, batch in todo.items() if batch}
+
+
 def wandb_mode() -> str:
     """WANDB_MODE if set; else online only with an API key, so a CLI never stops at a login prompt."""
     return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
@@ -519,15 +584,25 @@ def run(cfg: EvalConfig) -> dict:
         len(done),
         len(todo),
     )
-    if todo:
+    orders_path = out / "predictions_orders.jsonl"
+    rotated_todo = rotation_todo(orders_path, rows, cfg.option_orders)
+    if todo or rotated_todo:
         family = get_family(family_name)
         processor = family.load_processor(cfg.model, trust_remote_code=cfg.trust_remote_code)
         model = load_model_and_adapter(cfg, family)
         with JsonlAppender(preds_path) as sink:
             evaluate(model, processor, family, todo, cfg, on_result=sink.write)
+        for rotation, batch in rotated_todo.items():  # rotation 0 is predictions.jsonl itself
+            with JsonlAppender(orders_path) as sink:
+                evaluate(model, processor, family, batch, cfg,
+                         on_result=lambda p, r=rotation: sink.write({**p, "rotation": r}))  # fmt: skip
     preds = {p["id"]: p for p in read_complete_jsonl(preds_path)}
     ordered = [preds[r["id"]] for r in rows]
     metrics = metrics_from_predictions(ordered, cfg.audio)
+    if cfg.option_orders > 1:
+        rotated = {(p["id"], p["rotation"]): p for p in read_complete_jsonl(orders_path)}
+        orders = [ordered] + [[rotated[(r["id"], k)] for r in rows] for k in range(1, cfg.option_orders)]
+        metrics["option_orders"] = option_order_stats(orders)
     metrics.update(split=cfg.split, model=cfg.model, adapter=run_info["adapter"])
     atomic_write_json(out / "metrics.json", metrics)
     finished = datetime.now(UTC).isoformat(timespec="seconds")

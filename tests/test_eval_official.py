@@ -214,3 +214,22 @@ def _mmar_submission(tmp_path: Path, mmar_meta: Path) -> Path:
     path = tmp_path / "mmar_sub.jsonl"
     atomic_write_jsonl(path, [{**r, "answer_prediction": r["answer"]} for r in rows])
     return path
+
+
+def test_the_readme_examples():
+    """The evaluation section's examples, one per score, as the code scores them."""
+    env = ["Mountain Canyon", "Dense Forest", "Open Grassland", "City Streets"]
+    dup = ["four", "nine", "fourteen", "fourteen"]
+
+    def scores(choices: list[str], answer: str, output: str) -> tuple[bool, bool]:
+        sample = {"id": "x", "question": "q", "choices": choices, "answer": answer,
+                  "answer_index": choices.index(answer)}  # fmt: skip
+        row = prediction_row(sample, _gen(output), "real")
+        return row["choice_correct"], row["mmar_correct"]
+
+    assert scores(env, "Open Grassland", "<answer>C</answer>") == (True, False)
+    assert scores(env, "Open Grassland", "It is not a dense forest, so open grassland.") == (False, False)
+    assert scores(env, "Open Grassland", "<answer>Open Grassland</answer>") == (True, True)
+    assert scores(dup, "fourteen", "<answer>D</answer>") == (True, False)
+    assert scores(dup, "fourteen", "<answer>C</answer>") == (True, False)
+    assert scores(dup, "fourteen", "<answer>fourteen</answer>") == (True, True)

@@ -224,3 +224,29 @@ def test_adapter_for_another_base_is_refused(adapter_dir, tiny_qwen2_audio_fast,
 def test_not_a_dataset_dir(tiny_qwen2_audio_fast, tmp_path):
     with pytest.raises(run.EvalError, match="not a prepared dataset dir"):
         run.run(run.parse_config(run.EvalConfig, _argv(tiny_qwen2_audio_fast, tmp_path, tmp_path / "o")))
+
+
+def test_option_orders_resume_metrics_and_compare(base_run, tiny_qwen2_audio_fast, prepared_synth, tmp_path):
+    out = tmp_path / "orders"
+    shutil.copytree(base_run, out)  # rotation 0 is already there: only rotations 1 and 2 are generated
+    assert run.main(_argv(tiny_qwen2_audio_fast, prepared_synth, out, "--option_orders", "3")) == 0
+    rotated = read_jsonl(out / "predictions_orders.jsonl")
+    assert sorted((p["id"], p["rotation"]) for p in rotated) == sorted(
+        (i, r) for i in _outputs(base_run) for r in (1, 2)
+    )
+    assert _outputs(out) == _outputs(base_run)
+    base_rows = {r["id"]: r for r in read_jsonl(prepared_synth / "test.jsonl")}
+    for p in rotated:  # the prompt showed the options rotated, and the row records them so
+        n = len(base_rows[p["id"]]["choices"])
+        assert p["choices"] == [base_rows[p["id"]]["choices"][(i + p["rotation"]) % n] for i in range(n)]
+    metrics = json.loads((out / "metrics.json").read_text())
+    orders = metrics["option_orders"]
+    assert orders["orders"] == 3 and orders["n_items"] == LIMIT
+    assert orders["per_order_accuracy"][0] == metrics["choice_acc"]["overall"]["accuracy"]
+    assert orders["min_accuracy"] <= orders["mean_accuracy"] <= orders["max_accuracy"]
+    before = (out / "predictions_orders.jsonl").read_text()
+    assert run.main(_argv(tiny_qwen2_audio_fast, prepared_synth, out, "--option_orders", "3")) == 0
+    assert (out / "predictions_orders.jsonl").read_text() == before  # a rerun generates nothing
+    summary = compare.compare([str(base_run), str(out)], tmp_path / "cmp")
+    assert summary["option_orders"]["orders"]["orders"] == 3
+    assert "Option-order robustness" in (tmp_path / "cmp" / "comparison.md").read_text()

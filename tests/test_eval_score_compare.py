@@ -205,6 +205,23 @@ def test_compare_logs_to_wandb_offline(tmp_path, monkeypatch):
     assert list((tmp_path / "out" / "wandb").glob("offline-run-*"))
 
 
+def test_compare_shows_rubric_scores_and_option_orders(tmp_path, monkeypatch):
+    base = _run_dir(tmp_path, "base", [i % 3 == 0 for i in range(12)])
+    tuned = _run_dir(tmp_path, "tuned", [i % 2 == 0 for i in range(12)])
+    rub = {"judge": {"model": "judge-7b"}, "overall": {"score": 41.5, "judged_score": 83.0},
+           "category": {"Cultural Layer": {"score": 12.25}}, "modality": {}}  # fmt: skip
+    orders = {"orders": 3, "metric": "choice_acc", "mean_accuracy": 47.2, "std_accuracy": 3.1,
+              "min_accuracy": 44.0, "max_accuracy": 50.0, "all_orders_correct": 30.5}  # fmt: skip
+    (tuned / "metrics.json").write_text(json.dumps({"rubrics": rub, "option_orders": orders}))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    summary = compare.compare([str(base), str(tuned)], tmp_path / "out", wandb_project="p")
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "rubric score" in md and "| all | tuned | 12 |" in md and "| 41.5 |" in md and "| 12.2 |" in md
+    assert "| tuned | 3 | choice_acc | 47.2 | 3.1 | 44.0 | 50.0 | 30.5 |" in md
+    assert summary["rubrics"]["tuned"]["overall"]["score"] == 41.5 and "base" not in summary["rubrics"]
+    assert summary["option_orders"] == {"tuned": orders}
+
+
 def test_compare_refuses_different_item_sets(tmp_path):
     a = _run_dir(tmp_path, "a", [True] * 10)
     b = _run_dir(tmp_path, "b", [True] * 8)
