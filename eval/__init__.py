@@ -1,3 +1,3 @@
 """Evaluation: generate (`eval.run`), extract (`eval.extract`), score (`eval.score`, MMAR's rule in
-`eval.mmar`, statistics in `eval.stats`), compare runs (`eval.compare`) and export MMAR submissions
-(`eval.export`). Pure-Python modules import no torch, so GRPO rewards can use `extract_choice`."""
+`eval.mmar`, statistics in `eval.stats`), compare runs (`eval.compare`), export MMAR / MMAU submissions
+(`eval.export`) and judge reasoning with MMAR-Rubrics (`eval.rubrics`). Pure-Python modules import no torch, so GRPO rewards can use `extract_choice`."""

@@ -6,8 +6,10 @@
 Prompts are the prepared samples' `messages[:-1]` (the template the training data used), encoded
 by `models.inputs.encode_prompts` with left padding; decoding is batched and greedy. Each
 prediction is appended to `<out>/predictions.jsonl` as soon as it exists, so rerunning the same
-command resumes and skips finished ids. At the end `metrics.json` and `run_info.json` are written
-atomically. `evaluate()` is the in-process entry point train/ calls after training.
+command resumes and skips finished ids. With `--option_orders K` every item is also asked with its
+options rotated 1..K-1 places (`predictions_orders.jsonl`, resumable the same way). At the end
+`metrics.json` and `run_info.json` are written atomically. `evaluate()` is the in-process entry
+point train/ calls after training.
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ def _server(script: Scripted):
         def do_POST(self):  # noqa: N802 - http.server's naming
             assert self.path.endswith("/chat/completions"), self.path
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            request["_auth"] = self.headers.get("Authorization")
             kind, *rest = script.next(request)
             if kind == "429":
                 return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
@@ -224,3 +225,20 @@ def test_real_mmar_rubrics_fit_the_prompt(mmar_meta):
         reply = json.dumps([{"name": c["name"], "score": max(c["choices"])} for c in rubric])
         assert rubrics.parse_judgment(reply, rubric)[0] == 1.0
         assert item["question"] in rubrics.judge_prompt(item, "thinking", item["answer"])
+
+
+def test_cli_prints_the_table_records_the_judge_and_logs_to_wandb(
+    judge_server, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("JUDGE_KEY", "sk-local")
+    run_dir = _run_dir(tmp_path / "run", {"right1": RIGHT, "wrong": OUTPUTS["wrong"]})
+    url, script = judge_server([("ok", _judgment(1, 0))] * 5)
+    argv = ["--run", str(run_dir), "--judge_url", url, "--judge_model", "judge-7b", "--api_key_env", "JUDGE_KEY",
+            "--wandb"]  # fmt: skip
+    assert rubrics.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| all | 2 | 1 | 25.00 | 50.00 |" in printed and "judge: judge-7b" in printed
+    assert json.loads((run_dir / "rubrics.json").read_text())["judge"]["model"] == "judge-7b"
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(script.requests) == 5 and script.requests[0]["_auth"] == "Bearer sk-local"  # key from the env
