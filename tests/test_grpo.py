@@ -140,7 +140,7 @@ def test_every_training_forward_gets_the_audio(tiny_qwen2_audio, prepared_synth,
         processing_class=processor,
         family=family,
     )
-    audio_token = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
+    audio_token = processor.tokenizer.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
     assert audio_token in trainer.generation_config.suppress_tokens  # never sampled
     assert getattr(model.config, "image_token_id", None) is None  # trl's stand-in is gone again
     peft_model = trainer.model
@@ -176,7 +176,7 @@ def test_encode_once_per_prompt_matches_encode_prompts(tiny_qwen2_audio, prepare
     repeated = [rows[0], rows[0], rows[1], rows[1]]
     once = grpo.encode_once_per_prompt(family, processor, repeated)
     every = encode_prompts(family, processor, repeated)
-    assert once.keys() == every.keys() >= set(grpo.AUDIO_KEYS)
+    assert once.keys() == every.keys() >= set(family.AUDIO_FEATURE_KEYS)
     for key in every:
         assert torch.equal(once[key], every[key]), key
 

@@ -68,6 +68,13 @@ def test_accuracy_uses_dataset_answer_not_the_model() -> None:
     assert accuracy_reward(out, choices=[CHOICES] * 4, answer_index=[0, 1, 2, 3]) == [0.0, 1.0, 0.0, 0.0]
 
 
+def test_accuracy_accepts_either_letter_of_a_duplicated_answer() -> None:
+    """MMAU lists some answers twice (four / nine / fourteen / fourteen): the text is the answer."""
+    options = ["four", "nine", "fourteen", "fourteen"]
+    outs = [f"<answer>{letter}</answer>" for letter in "ABCD"]
+    assert accuracy_reward(outs, choices=[options] * 4, answer_index=[2] * 4) == [0.0, 0.0, 1.0, 1.0]
+
+
 def test_length_penalty() -> None:
     short = "<think>one two three</think><answer>A</answer>"
     long = "<think>" + "word " * 30 + "</think><answer>A</answer>"

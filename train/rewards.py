@@ -55,11 +55,15 @@ def accuracy_reward(
     answer_index: Sequence[int],
     **kwargs: Any,
 ) -> list[float]:
-    """1.0 where the extracted option is the dataset's correct option, else 0.0."""
+    """1.0 where the extracted option's text is the correct option's text, else 0.0.
+
+    Compared by text, as eval's choice_acc does: a benchmark item may list the answer twice (MMAU
+    has `four / nine / fourteen / fourteen`), and then either letter is right.
+    """
     rewards = []
     for completion, options, correct in zip(completions, choices, answer_index, strict=True):
         picked = extract_choice(completion_text(completion), list(options)).index
-        rewards.append(1.0 if picked is not None and picked == int(correct) else 0.0)
+        rewards.append(1.0 if picked is not None and options[picked] == options[int(correct)] else 0.0)
     return rewards
 
 
