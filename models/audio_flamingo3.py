@@ -1,0 +1,239 @@
+"""Audio Flamingo 3 (nvidia/audio-flamingo-3-hf): AF-Whisper encoder -> 2-layer MLP projector -> Qwen2.5-7B.
+
+Module layout in transformers 5.23 (`AudioFlamingo3ForConditionalGeneration`):
+  model.audio_tower            AudioFlamingo3Encoder (Whisper-style: conv1/conv2, layers.N.self_attn.
+                               {q,k,v,out}_proj, fc1/fc2, then 2x average pooling and a LayerNorm)
+  model.multi_modal_projector  linear_1 -> GELU -> linear_2 (encoder width -> LLM hidden)
+  model.language_model         Qwen2Model (layers.N.self_attn.{q,k,v,o}_proj, layers.N.mlp.{gate,up,down}_proj)
+  lm_head                      untied
+Audio: 16 kHz, 128 mel bins, 30 s windows: every window is padded to 3,000 frames (the encoder adds
+its 1,500 position embeddings to the full window). The processor cuts a longer clip into windows
+(up to 600 s), so `input_features` has one row per window, not per clip; we keep one window per
+clip (`max_audio_seconds` = the window), so the rows are the clips. One `<sound>` placeholder per
+clip becomes 25 tokens per second: L = ceil(n / 160) valid frames, ((L - 1) // 2 + 1 - 2) // 2 + 1.
+The model checks that the placeholder count equals its audio features (a mismatch raises).
+
+The processor's `output_labels=True` masks only audio and padding, not the prompt; labels come from
+models.inputs (assistant turn only), never from the processor.
+
+Chat template: the checkpoint's processor template (ChatML; "You are a helpful assistant." when a
+conversation has no system message; the `<sound>` placeholder goes before the message's text,
+whatever the block order). `CHAT_TEMPLATE` renders the same layout for processors that have none,
+with one `<sound>` per audio block (the hub template writes one per message, which cannot match a
+message with two clips).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from models import _common, _qwen
+
+NAME = "audio_flamingo3"
+MODEL_CLASS = "AudioFlamingo3ForConditionalGeneration"
+MODEL_TYPES = ("audioflamingo3",)
+HUB_ID_PATTERN = r"audio[-_]?flamingo[-_]?3"
+# AF3 has no model-specific system prompt: its template falls back to the ChatML default.
+SYSTEM_PROMPT = "You are a helpful assistant."
+SAMPLING_RATE = 16000
+TURN_END_TOKEN = "<|im_end|>"
+AUDIO_PLACEHOLDER = "<sound>"  # expanded to one token per encoder frame (25 per second)
+AUDIO_FEATURE_KEYS = ("input_features", "input_features_mask")
+# PEFT full-matches this against module names; `language_model` keeps it off the audio encoder,
+# whose attention also has q_proj/k_proj/v_proj.
+_LLM_LINEARS = r".*\.language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
+LORA_TARGET = {"target_modules": _LLM_LINEARS}
+AUDIO_ENCODER = "model.audio_tower"
+PROJECTOR = "model.multi_modal_projector"
+LLM = "model.language_model"
+FROZEN: tuple[str, ...] = ()
+
+# Qwen2.5's added tokens (ids 151643..151664, in order). The real AF3 tokenizer has seven more
+# (151665..151671) with `<sound>` at 151669; the four before it are unused here, so tiny tokenizers
+# fill them with reserved names to keep `<sound>` at its real id.
+QWEN2_5_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+]
+TINY_SPECIALS = QWEN2_5_SPECIALS + [f"<|reserved_{i}|>" for i in range(4)] + [AUDIO_PLACEHOLDER]
+
+# ChatML as the checkpoint's processor template renders it (see the module docstring).
+CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for message in messages if message['content'] is not none %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}<sound>{% endif %}"
+    "{% endfor %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+TINY_WINDOW_SECONDS = 30  # the real window: the encoder's positions cover exactly one window
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+TINY_AUDIO = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+
+
+def load_model(
+    name_or_path: str, *, dtype: Any, attn_implementation: str | None = None, trust_remote_code: bool = False
+) -> Any:
+    """Load AudioFlamingo3ForConditionalGeneration from a hub id or a local folder (safetensors only)."""
+    from transformers import AudioFlamingo3ForConditionalGeneration, AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if config.model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"{name_or_path}: model_type {config.model_type!r} is not an Audio Flamingo 3 checkpoint"
+        )
+    kwargs = _common.from_pretrained_kwargs(dtype, attn_implementation, trust_remote_code)
+    return AudioFlamingo3ForConditionalGeneration.from_pretrained(name_or_path, config=config, **kwargs)
+
+
+def load_processor(name_or_path: str, *, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's AudioFlamingo3Processor (WhisperFeatureExtractor + Qwen2 tokenizer)."""
+    from transformers import AudioFlamingo3Processor
+
+    processor = AudioFlamingo3Processor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if not getattr(processor, "chat_template", None):
+        processor.chat_template = CHAT_TEMPLATE
+    return processor
+
+
+def max_audio_seconds(processor: Any) -> float:
+    """One encoder window (30 s for the real model): longer clips are cut, so one feature row per clip."""
+    return float(processor.feature_extractor.chunk_length)
+
+
+def num_audio_tokens(processor: Any, n_samples: int) -> int:
+    """`<sound>` tokens for one clip of at most one window (25 per second)."""
+    return _common.pooled_whisper_tokens(processor.feature_extractor, n_samples)
+
+
+def generation_config(tokenizer: Any) -> Any:
+    """Greedy; stops on <|im_end|> (the turn end) and <|endoftext|>."""
+    return _qwen.generation_config_for(tokenizer)
+
+
+def render(processor: Any, messages: list[dict], *, add_generation_prompt: bool) -> str:
+    """Prompt text in AF3's ChatML layout: `<sound>` then the message's text."""
+    return _common.render_chat(
+        processor, messages, add_generation_prompt=add_generation_prompt, default_template=CHAT_TEMPLATE
+    )
+
+
+def encode(
+    processor: Any, texts: list[str], audios: list[Any] | None, *, padding_side: str
+) -> dict[str, Any]:
+    """Tokenize + extract features; returns input_ids, attention_mask and, with audio,
+    input_features (clips, 128, 3000) and input_features_mask (clips, 3000)."""
+    # No top-level `padding`: it would reach the feature extractor too, which must pad every clip to
+    # the full window (the processor pads the text by default).
+    kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding_side": padding_side}
+    if audios:
+        if len(audios) != len(texts):
+            # AudioFlamingo3Processor pairs texts and clips one to one.
+            raise ValueError(
+                f"{NAME}: the processor takes exactly one clip per sample; got {len(texts)} samples "
+                f"and {len(audios)} clips"
+            )
+        kwargs["audio"] = list(audios)
+        kwargs["sampling_rate"] = SAMPLING_RATE
+    out = dict(processor(**kwargs))
+    out.pop("num_audio_tokens", None)  # bookkeeping output the forward does not take
+    return out
+
+
+def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
+    from transformers import AudioFlamingo3Processor, WhisperFeatureExtractor
+
+    tokenizer = _qwen.build_qwen2_tokenizer(out_dir / "_tokenizer_src", TINY_SPECIALS, {}, tokenizer_source)
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=128,
+        sampling_rate=SAMPLING_RATE,
+        hop_length=160,
+        n_fft=400,
+        chunk_length=TINY_WINDOW_SECONDS,
+        padding_value=0.0,
+        return_attention_mask=True,
+    )
+    return AudioFlamingo3Processor(
+        feature_extractor=feature_extractor,
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+        audio_token=AUDIO_PLACEHOLDER,
+    )
+
+
+def tiny_config(tokenizer: Any) -> Any:
+    """A 2-layer, 64-wide AF3 config whose special-token ids come from `tokenizer`."""
+    from transformers import AudioFlamingo3Config
+
+    ids = tokenizer.convert_tokens_to_ids
+    eot = ids("<|endoftext|>")
+    text = {
+        "model_type": "qwen2",
+        "vocab_size": _qwen.padded_vocab_size(tokenizer),
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+        "bos_token_id": eot,
+        "eos_token_id": ids("<|im_end|>"),
+        "pad_token_id": eot,
+        "tie_word_embeddings": False,
+        **TINY_TEXT,
+    }
+    # The encoder's positions must cover one window exactly: 100 frames/s, halved by conv2.
+    audio = {
+        "model_type": "audioflamingo3_encoder",
+        "num_mel_bins": 128,
+        "max_source_positions": TINY_WINDOW_SECONDS * 50,
+        **TINY_AUDIO,
+    }
+    return AudioFlamingo3Config(audio_config=audio, text_config=text, audio_token_id=ids(AUDIO_PLACEHOLDER))
+
+
+def make_tiny(out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto") -> None:
+    """Save a randomly initialised tiny AF3 + processor to `out_dir`, then reload it through
+    `load_model`/`load_processor` as a check."""
+    import shutil
+
+    from transformers import AudioFlamingo3ForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor = _tiny_processor(out_dir, tokenizer)
+    _common.seed_everything(seed)
+    model = AudioFlamingo3ForConditionalGeneration(tiny_config(processor.tokenizer))
+    model.generation_config = generation_config(processor.tokenizer)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    shutil.rmtree(out_dir / "_tokenizer_src")
+    load_model(str(out_dir), dtype="float32")
+    load_processor(str(out_dir))
