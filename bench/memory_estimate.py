@@ -1,11 +1,12 @@
-"""Per-GPU memory of each 7B LoRA recipe, from DeepSpeed's own ZeRO estimators.
+"""Per-GPU memory of each LoRA SFT recipe (configs/*/cot_lora*.yaml), from DeepSpeed's own ZeRO estimators.
 
     python -m bench.memory_estimate
 
 Parameter counts come from the real architectures, built on the `meta` device (no weights) from
 each family's `published_config()` (e.g. Qwen2-Audio-7B-Instruct's config.json, the Qwen2.5-Omni-7B
-thinker's published sizes). LoRA targets come from each recipe YAML (null = the family's
-LORA_TARGET); the projector is trainable when the recipe says so.
+thinker's published sizes). LoRA parameters are counted by PEFT itself on the meta model, with each
+recipe's target (null = the family's LORA_TARGET, e.g. attention + the fused experts of Qwen3-Omni
+through `target_parameters`); the projector is trainable when the recipe says so.
 
 DeepSpeed's `estimate_zero{2,3}_model_states_mem_needs` (what the `..._all_cold` printers call)
 assume every parameter trains (16-bit weights + grads, fp32 master + Adam moments). Under LoRA only
@@ -19,7 +20,6 @@ one saved hidden state per layer, one layer recomputed, and the logits in bf16 +
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 from common.config import load_yaml
@@ -27,6 +27,7 @@ from common.paths import REPO_ROOT
 
 GIB = 1024**3
 NUM_GPUS = 8
+FULL_FT_REFERENCE = "configs/qwen2_audio_7b/cot_lora.yaml"  # the "for scale" line
 
 
 def recipes() -> list[str]:
@@ -60,20 +61,19 @@ def _meta_model(family_name: str):
         return getattr(transformers, family.MODEL_CLASS)(config), config.get_text_config()
 
 
-def count_params(family: str, target_regex: str, r: int, projector_path: str) -> Counts:
-    """Total, LoRA (r * (in + out) per matched Linear) and projector parameter counts."""
+def count_params(family: str, target: dict, r: int, projector_path: str) -> Counts:
+    """Total, LoRA and projector parameter counts. LoRA is PEFT's own adapter built on the meta
+    model: r * (in + out) per matched Linear, per expert on fused expert tensors."""
     import torch
+    from peft import LoraConfig, get_peft_model
 
     model, text_cfg = _meta_model(family)
     total = sum(p.numel() for p in model.parameters())
-    pattern = re.compile(target_regex)
-    lora = largest = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and pattern.fullmatch(name):
-            lora += r * (module.in_features + module.out_features)
-        own = sum(p.numel() for p in module.parameters(recurse=False))
-        largest = max(largest, own)
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     projector = sum(p.numel() for p in model.get_submodule(projector_path).parameters())
+    with torch.device("meta"):
+        peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, **target))
+    lora = sum(p.numel() for n, p in peft_model.named_parameters() if ".lora_" in n)
     return Counts(
         total, lora, projector, largest, text_cfg.num_hidden_layers, text_cfg.hidden_size, text_cfg.vocab_size
     )
@@ -116,8 +116,10 @@ def estimate(recipe: str) -> dict:
     family = get_family(cfg["model"].get("family") or _family_from_path(cfg["model"]["model_name_or_path"]))
     lora = cfg.get("lora", {})
     r = int(lora.get("r", 16))
-    regex = lora.get("target_regex") or family.LORA_TARGET["target_modules"]
-    c = count_params(family.NAME, regex, r, family.PROJECTOR)
+    target = (
+        {"target_modules": lora["target_regex"]} if lora.get("target_regex") else dict(family.LORA_TARGET)
+    )
+    c = count_params(family.NAME, target, r, family.PROJECTOR)
     trainable = c.lora + (c.projector if lora.get("train_projector", True) else 0)
     stage, offload = _zero_stage(cfg["training"]["deepspeed"])
     states = per_gpu_bytes(c, trainable, stage, offload)
@@ -163,7 +165,8 @@ def main() -> None:
             f"{row['model_states_gib']} GiB | {row['activations_gib']} GiB (seq {row['seq']}, "
             f"mb {row['micro_batch']}) | {row['total_gib']} GiB |"
         )
-    ref = full_finetune_reference(int(rows[0]["params_b"] * 1e9))
+    reference = next(row for row in rows if row["recipe"] == FULL_FT_REFERENCE)
+    ref = full_finetune_reference(int(reference["params_b"] * 1e9))
     print(
         f"\nFor scale: full fine-tuning of Qwen2-Audio-7B under ZeRO-2 on {NUM_GPUS} GPUs needs "
         f"{ref['full_ft_zero2_gib']} GiB/GPU of model states alone (DeepSpeed estimator)."

@@ -219,6 +219,25 @@ def tiny_config(tokenizer: Any) -> Any:
     return AudioFlamingo3Config(audio_config=audio, text_config=text, audio_token_id=ids(AUDIO_PLACEHOLDER))
 
 
+def reference_config() -> Any:
+    """nvidia/audio-flamingo-3-hf's sizes (the default encoder is AF3's; the LLM is Qwen2.5-7B with
+    AF3's 151,672-row vocabulary), for parameter and memory estimates without downloading."""
+    from transformers import AudioFlamingo3Config
+
+    text = {
+        "model_type": "qwen2",
+        "vocab_size": 151672,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+        "tie_word_embeddings": False,
+    }
+    return AudioFlamingo3Config(text_config=text, audio_token_id=151669)
+
+
 def make_tiny(out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto") -> None:
     """Save a randomly initialised tiny AF3 + processor to `out_dir`, then reload it through
     `load_model`/`load_processor` as a check."""

@@ -376,6 +376,67 @@ def tiny_config(tokenizer: Any) -> Any:
     )
 
 
+def reference_config() -> Any:
+    """The published Qwen3-Omni-30B-A3B thinker sizes (its config.json), for parameter and memory
+    estimates without downloading: 31.72 B parameters, 28.99 B of them experts."""
+    from transformers import Qwen3OmniMoeThinkerConfig
+
+    text = {
+        "vocab_size": 152064,
+        "hidden_size": 2048,
+        "intermediate_size": 768,
+        "moe_intermediate_size": 768,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "max_position_embeddings": 65536,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": [24, 20, 20],
+            "interleaved": True,
+            "mrope_interleaved": True,
+        },
+        "tie_word_embeddings": False,
+    }
+    audio = {
+        "d_model": 1280,
+        "encoder_layers": 32,
+        "encoder_attention_heads": 20,
+        "encoder_ffn_dim": 5120,
+        "output_dim": 2048,
+        "downsample_hidden_size": 480,
+        "n_window": 50,
+        "n_window_infer": 800,
+    }
+    vision = {
+        "depth": 27,
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_heads": 16,
+        "out_hidden_size": 2048,
+        "deepstack_visual_indexes": [8, 16, 24],
+        "num_position_embeddings": 2304,
+    }
+    return Qwen3OmniMoeThinkerConfig(
+        text_config=text,
+        audio_config=audio,
+        vision_config=vision,
+        audio_token_id=151675,
+        image_token_id=151655,
+        video_token_id=151656,
+        audio_start_token_id=151669,
+        audio_end_token_id=151670,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        position_id_per_seconds=POSITION_ID_PER_SECONDS,
+        tie_word_embeddings=False,
+    )
+
+
 def _mrope(head_dim: int) -> list[int]:
     """Split head_dim/2 rotary frequencies over (t, h, w) in the real 24:20:20 proportion."""
     half = head_dim // 2
