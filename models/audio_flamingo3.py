@@ -219,7 +219,7 @@ def tiny_config(tokenizer: Any) -> Any:
     return AudioFlamingo3Config(audio_config=audio, text_config=text, audio_token_id=ids(AUDIO_PLACEHOLDER))
 
 
-def reference_config() -> Any:
+def published_config() -> Any:
     """nvidia/audio-flamingo-3-hf's sizes (the default encoder is AF3's; the LLM is Qwen2.5-7B with
     AF3's 151,672-row vocabulary), for parameter and memory estimates without downloading."""
     from transformers import AudioFlamingo3Config

@@ -376,7 +376,7 @@ def tiny_config(tokenizer: Any) -> Any:
     )
 
 
-def reference_config() -> Any:
+def published_config() -> Any:
     """The published Qwen3-Omni-30B-A3B thinker sizes (its config.json), for parameter and memory
     estimates without downloading: 31.72 B parameters, 28.99 B of them experts."""
     from transformers import Qwen3OmniMoeThinkerConfig
