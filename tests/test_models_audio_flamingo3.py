@@ -188,3 +188,7 @@ def test_rejects_a_checkpoint_of_another_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_audio"}))
     with pytest.raises(ValueError, match="not an Audio Flamingo 3 checkpoint"):
         FAMILY.load_model(str(tmp_path), dtype="float32")
+
+
+def test_family_of_hub_id():
+    assert family_of("nvidia/audio-flamingo-3-hf") == "audio_flamingo3"

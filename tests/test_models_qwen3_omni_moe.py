@@ -265,3 +265,15 @@ def test_rejects_a_checkpoint_of_another_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_omni_thinker"}))
     with pytest.raises(ValueError, match="not a Qwen3-Omni checkpoint"):
         FAMILY.thinker_config(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "hub_id",
+    [
+        "Qwen/Qwen3-Omni-30B-A3B-Instruct",
+        "Qwen/Qwen3-Omni-30B-A3B-Thinking",
+        "Qwen/Qwen3-Omni-30B-A3B-Captioner",
+    ],
+)
+def test_family_of_hub_ids(hub_id):
+    assert family_of(hub_id) == "qwen3_omni_moe"
