@@ -40,10 +40,12 @@ so a clip's token count depended on the other clips of its batch (16,080 samples
 (`num_audio_tokens`). The model does not check the count (fewer placeholders than audio features
 run silently), which is why models.inputs checks every batch against `num_audio_tokens`.
 
-Chat template: our own ChatML rendering (`CHAT_TEMPLATE`), always, also for hub checkpoints. The
-checkpoint's Qwen3-style template rewrites assistant turns (splits them at `</think>`, re-emits the
-reasoning, drops it for turns before the last user message), so a training target with
-`<think>...</think>` would not be rendered verbatim; ours renders every text block as given.
+Chat template: our own ChatML rendering (`CHAT_TEMPLATE`), always, also for hub checkpoints (the
+processor class has no built-in template). Qwen3-style checkpoint templates treat assistant turns
+specially (they split a turn at `</think>` and re-emit or drop the reasoning), and a third-party report
+says the Qwen3-Omni-Thinking template drops `<think>` content when message content is a list, as
+ours always is; a training target must be rendered verbatim, so ours writes every text block as given
+(tested with list content). Not verified against the hub file here (no download).
 """
 
 from __future__ import annotations
