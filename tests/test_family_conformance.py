@@ -31,7 +31,7 @@ import torch
 from models import family_of, get_family
 from models.interface import check_family
 
-FAMILIES = ["qwen2_audio", "qwen2_5_omni", "qwen3_omni_moe"]
+FAMILIES = ["qwen2_audio", "qwen2_5_omni", "qwen3_omni_moe", "audio_flamingo3"]
 REPO = Path(__file__).resolve().parent.parent
 IGNORE = -100
 
