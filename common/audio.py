@@ -20,9 +20,14 @@ from common.errors import AudioError
 def decode_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Decode to float32 mono at the file's own rate; every failure is an AudioError."""
     p = Path(path)
-    if not p.is_file():
+    try:
+        found = p.is_file()
+        size = p.stat().st_size if found else 0
+    except OSError as e:  # e.g. a name longer than the filesystem allows (ENAMETOOLONG)
+        raise AudioError(f"cannot open audio file: {e.strerror or e}", where=str(p)[:300]) from None
+    if not found:
         raise AudioError("audio file not found", where=str(p))
-    if p.stat().st_size == 0:
+    if size == 0:
         raise AudioError("audio file is empty (0 bytes)", where=str(p))
     try:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)

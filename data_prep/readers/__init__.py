@@ -15,6 +15,7 @@ from types import ModuleType
 from data_prep.config import SourceConfig
 from data_prep.schema import (
     DataError,
+    InvalidFieldError,
     Record,
     SourceFileError,
     UnknownSourceError,
@@ -71,6 +72,7 @@ def load_records(cfg: SourceConfig, *, strict: bool = False) -> tuple[list[Recor
     skips: list[Skip] = []
     for it in items:
         try:
+            check_encodable(it.raw, where=it.where, item_id=it.item_id)
             rec = validate_record(reader.to_record(it.raw, where=it.where, cfg=cfg), where=it.where)
         except DataError as e:
             if strict:
@@ -79,3 +81,30 @@ def load_records(cfg: SourceConfig, *, strict: bool = False) -> tuple[list[Recor
             continue
         records.append(rec)
     return records, skips
+
+
+def check_encodable(value: object, *, where: str, item_id: str | None, field: str = "") -> None:
+    """Refuse text that cannot be written back as UTF-8, naming the field that holds it.
+
+    JSON may spell a lone surrogate (`"\\ud800"`); Python reads it into a str that every later
+    write (samples JSONL, Arrow, the card) fails on, which aborted the whole run mid-write.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidFieldError(
+                f"text is not valid Unicode ({e.reason} at character {e.start})",
+                where=where,
+                item_id=item_id,
+                field=field or None,
+            ) from None
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            check_encodable(str(key), where=where, item_id=item_id, field=field or "<key>")
+            check_encodable(
+                inner, where=where, item_id=item_id, field=f"{field}.{key}" if field else str(key)
+            )
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            check_encodable(inner, where=where, item_id=item_id, field=f"{field}[{i}]")

@@ -21,12 +21,15 @@ def read_json_items(path: Path, id_key: str = "id") -> list[RawItem]:
 
 
 def _item_id(obj: object, id_key: str) -> str | None:
-    if (
-        isinstance(obj, dict)
-        and isinstance(obj.get(id_key), (str, int))
-        and not isinstance(obj.get(id_key), bool)
-    ):
-        return str(obj[id_key])
+    """The id as the readers spell it (`schema.as_str`: numbers become strings, floats too).
+
+    Floats count: two items with id 1.5 (or NaN) would otherwise escape the duplicate check and
+    a skipped one would be listed without its id.
+    """
+    value = obj.get(id_key) if isinstance(obj, dict) else None
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        # A lone surrogate (JSON "\\ud800") is escaped, so the skip list can still be written.
+        return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
     return None
 
 
