@@ -10,7 +10,9 @@ and computes log-mel features in the loader, so that is where a stall would come
 
 Measurement: `Trainer.get_batch_samples` is the only place the training loop pulls batches from the
 dataloader, so the bench times every call to it. stall_frac = time inside it / wall time, over the
-optimizer steps after the first (the first pays one-off costs: worker start-up, lazy inits).
+optimizer steps after the first (the first pays one-off costs: worker start-up, lazy inits), up to
+the end of the last optimizer step (the final save and teardown are not step time). A run in
+which the hooks saw fewer than two steps raises instead of reporting 0.
 Rows for other worker counts show what the `dataloader_num_workers` knob changes.
 """
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from bench._common import emit, parse_args, print_table, synth_dataset, tiny_model, workdir
 from common.paths import REPO_ROOT
@@ -27,28 +31,44 @@ FULL = {"items": 300, "steps": 12, "workers": (0, 2)}
 QUICK = {"items": 60, "steps": 5, "workers": (0,)}
 
 
-class StallTimer:
-    """Wraps a trainer's get_batch_samples; keeps (enter, exit) times of every call."""
+class StallTimer(TrainerCallback):
+    """Wraps a trainer's get_batch_samples (keeps (enter, exit) of every call) and stamps step ends.
+
+    The window closes at the last optimizer step's end, so the final checkpoint save, the
+    loader's teardown and the end-of-training bookkeeping are not counted as step time.
+    """
 
     def __init__(self, trainer) -> None:
         self.calls: list[tuple[float, float]] = []
+        self.step_ends: list[float] = []
         self._inner = trainer.get_batch_samples
-        trainer.get_batch_samples = self
+        trainer.get_batch_samples = self.timed_get_batch_samples
+        trainer.add_callback(self)
 
-    def __call__(self, *args, **kwargs):
+    def timed_get_batch_samples(self, *args, **kwargs):
         start = time.perf_counter()
         out = self._inner(*args, **kwargs)
         self.calls.append((start, time.perf_counter()))
         return out
 
-    def stall_frac(self, end: float) -> tuple[float, float]:
-        """(waiting share, mean step seconds) over every step but the first."""
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_ends.append(time.perf_counter())
+
+    def stall_frac(self) -> tuple[float, float]:
+        """(waiting share, mean step seconds) over every step but the first.
+
+        Raises when the hooks saw fewer than two steps: a silent 0.0 would read as "no stall".
+        """
         calls = self.calls[1:]
-        if not calls:
-            return 0.0, 0.0
+        if not calls or len(self.step_ends) < 2:
+            raise RuntimeError(
+                f"data_stall measured nothing: {len(self.calls)} get_batch_samples call(s) and "
+                f"{len(self.step_ends)} step end(s) seen; did the Trainer's loop change?"
+            )
+        end = self.step_ends[-1]
         wall = end - calls[0][0]
         wait = sum(b - a for a, b in calls)
-        return wait / wall, wall / len(calls)
+        return wait / wall, wall / (len(self.step_ends) - 1)
 
 
 def run_config(model_dir: Path, data: Path, out: Path, steps: int, workers: int | None) -> object:
@@ -85,7 +105,7 @@ def measure(cfg) -> tuple[float, float]:
     trainer = sft.build_trainer(cfg, model, processor, collator, train_ds, None, [])
     timer = StallTimer(trainer)
     trainer.train()
-    return timer.stall_frac(time.perf_counter())
+    return timer.stall_frac()
 
 
 def main(argv: list[str] | None = None) -> dict:

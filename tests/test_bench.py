@@ -44,3 +44,37 @@ def test_bench_quick_prints_json_last(name, tmp_path):
         assert 0 <= result["stall_frac"] < 1
     if name == "prepare":
         assert result["items_per_s"] > 0 and result["samples_written"] == result["items"]
+
+
+class _FakeTrainer:
+    def __init__(self) -> None:
+        self.callbacks: list = []
+
+    def get_batch_samples(self, *args):
+        return [], None
+
+    def add_callback(self, callback) -> None:
+        self.callbacks.append(callback)
+
+
+def test_data_stall_raises_when_nothing_was_measured():
+    from bench.data_stall import StallTimer
+
+    trainer = _FakeTrainer()
+    timer = StallTimer(trainer)
+    assert trainer.callbacks == [timer]
+    trainer.get_batch_samples(iter([]), 1, "cpu")  # one fetch, no step end
+    with pytest.raises(RuntimeError, match="measured nothing"):
+        timer.stall_frac()
+
+
+def test_data_stall_window_is_the_training_steps_only():
+    """Step 1 is warm-up; the window closes at the last step's end (a later save is not counted)."""
+    from bench.data_stall import StallTimer
+
+    timer = StallTimer(_FakeTrainer())
+    timer.calls = [(0.0, 1.0), (10.0, 11.0), (20.0, 22.0)]  # fetches of steps 1, 2, 3
+    timer.step_ends = [5.0, 15.0, 25.0]  # then a final save until t=100: outside the window
+    frac, step_s = timer.stall_frac()
+    assert frac == pytest.approx((1.0 + 2.0) / (25.0 - 10.0))
+    assert step_s == pytest.approx((25.0 - 10.0) / 2)
