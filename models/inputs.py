@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from common.shared_counts import SharedCounts
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -33,6 +35,9 @@ AUDIO_MODES = ("real", "noise", "silence", "none")
 CUTS_AUDIO = "truncation_would_cut_audio"
 NO_ROOM_FOR_ANSWER = "prompt_fills_max_length"
 TEMPLATE_MISMATCH = "prompt_not_a_prefix_of_conversation"
+CLIPS_MISMATCH = "audio_placeholders_do_not_match_clips"
+DROP_REASONS = (CUTS_AUDIO, NO_ROOM_FOR_ANSWER, TEMPLATE_MISMATCH, CLIPS_MISMATCH)
+ANSWERS_TRUNCATED = "answers_truncated"  # kept samples whose answer was shortened to max_length
 
 
 def _family(family: str | ModuleType) -> ModuleType:
@@ -174,11 +179,20 @@ class AudioChatCollator:
     family: Any  # family module or name
     processor: Any
     max_length: int | None = None
-    skipped: Counter = field(default_factory=Counter)
-    answers_truncated: int = 0
+    # Shared with the loader workers' copies of this collator (common.shared_counts).
+    counts: SharedCounts = field(default_factory=lambda: SharedCounts([*DROP_REASONS, ANSWERS_TRUNCATED]))
 
     def __post_init__(self) -> None:
         self.family = _family(self.family)
+
+    @property
+    def skipped(self) -> Counter:
+        """Dropped samples by reason, over this process and its loader workers."""
+        return Counter({r: n for r, n in self.counts.as_dict().items() if r in DROP_REASONS and n})
+
+    @property
+    def answers_truncated(self) -> int:
+        return self.counts.get(ANSWERS_TRUNCATED)
 
     def __call__(self, rows: list[dict]) -> dict[str, Any]:
         kept, texts, audios, spans = [], [], [], []
@@ -187,7 +201,7 @@ class AudioChatCollator:
             try:
                 lengths = sample_token_length(self.family, self.processor, row, [len(w) for w in waves])
             except ValueError as e:
-                self._skip(row, TEMPLATE_MISMATCH if TEMPLATE_MISMATCH in str(e) else str(e))
+                self._skip(row, TEMPLATE_MISMATCH if TEMPLATE_MISMATCH in str(e) else CLIPS_MISMATCH, e)
                 continue
             reason = length_verdict(lengths, self.max_length)
             if reason is not None:
@@ -204,10 +218,14 @@ class AudioChatCollator:
         batch["labels"] = self._labels(batch, spans)
         return self._truncate(batch, spans)
 
-    def _skip(self, row: dict, reason: str) -> None:
-        self.skipped[reason] += 1
+    def _skip(self, row: dict, reason: str, detail: object = "") -> None:
+        self.counts.add(reason)
         logger.warning(
-            "dropping sample %s: %s (dropped so far: %s)", row.get("id"), reason, dict(self.skipped)
+            "dropping sample %s: %s %s(dropped so far: %s)",
+            row.get("id"),
+            reason,
+            f"({detail}) " if detail else "",
+            dict(self.skipped),
         )
 
     def _labels(self, batch: dict[str, Any], spans: list[TokenLength]) -> Any:
@@ -231,7 +249,7 @@ class AudioChatCollator:
         """Right-truncate to max_length; length_verdict guaranteed the cut lands in an answer."""
         if self.max_length is None or batch["input_ids"].shape[1] <= self.max_length:
             return batch
-        self.answers_truncated += sum(s.total > self.max_length for s in spans)
+        self.counts.add(ANSWERS_TRUNCATED, sum(s.total > self.max_length for s in spans))
         for key in ("input_ids", "attention_mask", "labels"):
             batch[key] = batch[key][:, : self.max_length]
         return batch

@@ -194,3 +194,30 @@ def test_greedy_generate_batched_equals_one_by_one(setup, model):
     single = [generate([r])[0] for r in rows[:2]]
     assert batched == single
     assert all(len(ids) > 0 and pad is not None for ids in batched)
+
+
+def test_drop_and_truncation_counts_survive_loader_workers(setup):
+    """Each loader worker collates with its own copy of the collator; the counts still add up."""
+    import copy
+
+    family, processor, rows = setup
+    if family.NAME != "qwen2_audio":
+        pytest.skip("one family is enough for the counting mechanism")
+    rows = copy.deepcopy(rows)
+    rows[0]["messages"][-1]["content"][0]["text"] = "a long answer " * 40  # will be shortened
+    lengths = [sample_token_length(family, processor, r) for r in rows]
+    max_length = lengths[1].audio_end - 1  # row 1 is dropped (its audio would be cut)
+    verdicts = [length_verdict(n, max_length) for n in lengths]
+    truncated = sum(v is None and n.total > max_length for v, n in zip(verdicts, lengths))
+    assert verdicts[1] == CUTS_AUDIO and truncated > 0
+    collator = AudioChatCollator(family, processor, max_length=max_length)
+    epochs, data = 2, rows * 4  # 12 rows, one per batch: each worker sees several
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=2, num_workers=2, collate_fn=collator,
+        multiprocessing_context="fork", persistent_workers=True,
+    )  # fmt: skip
+    for _ in range(epochs):
+        for _batch in loader:
+            pass
+    assert collator.skipped == Counter({CUTS_AUDIO: 4 * epochs})  # counted in the workers
+    assert collator.answers_truncated == 4 * truncated * epochs  # row 0, 4 times an epoch

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +18,7 @@ from common.config import to_yaml
 from common.io import atomic_write_json, atomic_write_text, sha256_file
 from common.logging_utils import is_main_process
 from common.provenance import git_sha, library_versions
+from models.inputs import ANSWERS_TRUNCATED
 from train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -106,6 +108,45 @@ def all_ranks(value: str) -> list[str]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def sum_over_ranks(counts: dict[str, int]) -> dict[str, int]:
+    """Per-rank counters summed over every rank (a collective: every rank must call it)."""
+    total: Counter = Counter()
+    for part in all_ranks(counts):
+        total.update(part)
+    return {k: int(v) for k, v in total.items()}  # keys with 0 stay: update() keeps them
+
+
+def data_counts(split_skipped: dict[str, list[dict]], collator: Any = None) -> dict[str, Any]:
+    """Every sample the recipe or the collator left out or shortened, for run_info.json and W&B.
+
+    `split_skipped`: split -> load_split's drops (the same on every rank: each loads the whole
+    split). The collator's counts are per rank (its loader workers already add into them), so
+    they are summed over ranks here: a collective when a collator is given.
+    """
+    counts: dict[str, Any] = {
+        f"{split}_split_dropped": dict(sorted(Counter(s["reason"] for s in skipped).items()))
+        for split, skipped in split_skipped.items()
+    }
+    if collator is not None:
+        summed = sum_over_ranks(collator.counts.as_dict())
+        truncated = summed.pop(ANSWERS_TRUNCATED)
+        counts["collator_dropped"] = {k: v for k, v in sorted(summed.items()) if v}
+        counts["answers_truncated"] = truncated
+    return counts
+
+
+def count_metrics(counts: dict[str, Any]) -> dict[str, float]:
+    """`data/<name>` (and `data/<name>/<reason>`) W&B metrics from `data_counts`; zeros included."""
+    metrics: dict[str, float] = {}
+    for name, value in counts.items():
+        if isinstance(value, dict):
+            metrics[f"data/{name}"] = sum(value.values())
+            metrics.update({f"data/{name}/{reason}": n for reason, n in value.items()})
+        else:
+            metrics[f"data/{name}"] = value
+    return metrics
 
 
 def save_run(trainer: Any, cfg: TrainConfig, run_info: dict, final: dict, **extra_info: Any) -> None:

@@ -50,9 +50,9 @@ def main(cfg: TrainConfig) -> Path:
     train_ds, train_skipped = components.load_split(
         cfg.data, cfg.data.train_split, family, processor, cfg.data.max_train_samples
     )
-    val_ds = None
+    val_ds, val_skipped = None, []
     if cfg.data.val_split and manifest.get("splits", {}).get(cfg.data.val_split, {}).get("count"):
-        val_ds, _ = components.load_split(
+        val_ds, val_skipped = components.load_split(
             cfg.data, cfg.data.val_split, family, processor, cfg.data.max_val_samples
         )
 
@@ -72,8 +72,10 @@ def main(cfg: TrainConfig) -> Path:
     if val_ds is not None:
         final.update(tracking.namespaced(run_files.last_eval(trainer) or trainer.evaluate()))
 
-    # 7. save
-    run_files.save_run(trainer, cfg, run_info, final, collator_dropped=dict(collator.skipped))
+    # 7. save (drop and truncation counts summed over loader workers and ranks, also to W&B)
+    counts = run_files.data_counts({"train": train_skipped, "val": val_skipped}, collator)
+    tracking.log_metrics(run_files.count_metrics(counts))
+    run_files.save_run(trainer, cfg, run_info, final, **counts)
 
     # 8. eval at end (rank 0, on the saved adapter: it also proves the adapter loads)
     run_files.free_trainer(trainer)
@@ -143,10 +145,17 @@ def sft_args(cfg: TrainConfig, has_val: bool) -> Any:
 def build_trainer(
     cfg: TrainConfig, model: Any, processor: Any, collator: Any, train_ds: Any, val_ds: Any, callbacks: list
 ) -> Any:
-    """trl.SFTTrainer with our collator and a prepared datasets.Dataset."""
+    """trl.SFTTrainer with our collator, a prepared datasets.Dataset and a resume-exact loader."""
     from trl import SFTTrainer
 
-    return SFTTrainer(
+    from train.loader import resumable_train_dataloader
+
+    class ResumableSFTTrainer(SFTTrainer):
+        # The Trainer's own loader shuffles from the global RNG: not exact after a resume.
+        def get_train_dataloader(self) -> Any:
+            return resumable_train_dataloader(self, components.LENGTH_COLUMN)
+
+    return ResumableSFTTrainer(
         model=model,
         args=sft_args(cfg, has_val=val_ds is not None),
         train_dataset=train_ds,
