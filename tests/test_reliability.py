@@ -249,11 +249,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train_cmd(model: Path, data: Path, out: Path) -> list[str]:
+# 16 samples / (2 ranks x batch 2) = 4 steps an epoch: 12 steps are 3 epochs, and checkpoint-6 is
+# in the middle of the second, so a resume from it starts inside epoch 1 and crosses into epoch 2.
+STEPS, SAVE_STEPS, STEPS_PER_EPOCH = 12, 6, 4
+
+
+def _train_cmd(model: Path, data: Path, out: Path, **extra: object) -> list[str]:
     flags = {
-        "model_name_or_path": model, "dataset_dir": data, "output_dir": out, "max_steps": 4,
-        "save_steps": 2, "per_device_train_batch_size": 2, "max_train_samples": 12, "val_split": "null",
-        "logging_steps": 1, "report_to": "none", "warmup_ratio": 0.0, "seed": 0,
+        "model_name_or_path": model, "dataset_dir": data, "output_dir": out, "max_steps": STEPS,
+        "save_steps": SAVE_STEPS, "per_device_train_batch_size": 2, "max_train_samples": 16,
+        "val_split": "null", "logging_steps": 1, "report_to": "none", "warmup_ratio": 0.0, "seed": 0,
+        "dataloader_num_workers": 2, **extra,
     }  # fmt: skip
     deepspeed = str(Path(sys.executable).parent / "deepspeed")
     cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(_free_port()), "train.py"]
@@ -284,22 +290,30 @@ def _run_ok(cmd: list[str]) -> None:
 def test_training_kill9_after_checkpoint_then_resume_equals_straight(
     tiny_qwen2_audio_fast, prepared_synth, tmp_path
 ):
+    """2 ranks, ZeRO-2, 2 loader workers each, resumed inside an epoch and across epoch boundaries.
+
+    Before train/loader.py this drifted (max |diff| 1.1e-3 with workers: the resumed run shuffled
+    later epochs differently); the unbroken run must equal the killed-and-resumed one.
+    """
     import torch
     from safetensors.torch import load_file
 
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     _run_ok(_train_cmd(tiny_qwen2_audio_fast, prepared_synth, straight))
     cmd = _train_cmd(tiny_qwen2_audio_fast, prepared_synth, crashed)
-    # Own session: SIGKILL to the group takes down the launcher and both ranks at once.
+    # Own session: SIGKILL to the group takes down the launcher, both ranks and their loader workers.
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    checkpoint = crashed / f"checkpoint-{SAVE_STEPS}"
     deadline = time.monotonic() + 600
-    while not _checkpoint_complete(crashed / "checkpoint-2") and proc.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint-2 within 10 minutes"
+    while not _checkpoint_complete(checkpoint) and proc.poll() is None:
+        assert time.monotonic() < deadline, f"no {checkpoint.name} within 10 minutes"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (crashed / "adapter_model.safetensors").exists(), "the run finished before the kill"
+    at_kill = json.loads((checkpoint / "trainer_state.json").read_text())["epoch"]
+    assert at_kill == SAVE_STEPS / STEPS_PER_EPOCH  # 1.5: the resume starts inside epoch 1
     _run_ok(cmd + ["--resume_from_checkpoint", "latest"])
     a, b = (
         load_file(str(straight / "adapter_model.safetensors")),
@@ -308,7 +322,9 @@ def test_training_kill9_after_checkpoint_then_resume_equals_straight(
     assert a.keys() == b.keys() and a
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
-    assert json.loads((crashed / "run_info.json").read_text())["global_step"] == 4
+    info = json.loads((crashed / "run_info.json").read_text())
+    assert info["global_step"] == STEPS
+    assert json.loads((crashed / "trainer_state.json").read_text())["epoch"] == STEPS / STEPS_PER_EPOCH
 
 
 def test_resume_latest_skips_a_torn_checkpoint(tmp_path):
