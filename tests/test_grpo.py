@@ -29,6 +29,25 @@ from train.config import TrainConfig
 from train.rewards import accuracy_reward, reward_functions
 
 REPO = Path(__file__).resolve().parent.parent
+TINY = {"qwen2_audio": "tiny_qwen2_audio", "qwen2_5_omni": "tiny_qwen2_5_omni"}  # conftest fixtures
+
+
+def _grpo_recipe_families() -> list[str]:
+    """Every family a shipped GRPO recipe (configs/<model>/grpo*.yaml, tiny ones aside) trains."""
+    import yaml
+
+    families = set()
+    for path in sorted(REPO.glob("configs/*/grpo*.yaml")):
+        if path.parent.name != "tiny":
+            families.add(yaml.safe_load(path.read_text())["model"]["family"])
+    return sorted(families)
+
+
+GRPO_FAMILIES = _grpo_recipe_families()
+
+
+def test_every_grpo_recipe_family_has_a_tiny_model_here():
+    assert GRPO_FAMILIES and set(GRPO_FAMILIES) <= set(TINY), GRPO_FAMILIES
 
 
 @pytest.fixture
@@ -75,23 +94,23 @@ def _sft_adapter(family, model_dir: Path, out: Path) -> Path:
     return out
 
 
-def spy_on_forward(model: torch.nn.Module) -> list[dict]:
+def spy_on_forward(model: torch.nn.Module, feature_keys: tuple[str, ...]) -> list[dict]:
     """Wrap the model's (trl-patched) forward; returns the list it records each call's inputs in."""
     calls: list[dict] = []
     forward = model.forward
 
     @functools.wraps(forward)  # keep the signature: `generate` checks its model kwargs against it
     def record(*args, **kwargs):
-        ids = kwargs.get("input_ids")
-        feats, fmask = kwargs.get("input_features"), kwargs.get("feature_attention_mask")
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         calls.append(
             {
                 "scoring": bool(kwargs.get("fused_lm_head")),  # log-prob forward (old, ref or policy)
                 "grad": torch.is_grad_enabled(),
                 "rows": None if ids is None else ids.shape[0],
                 "prefill": ids is not None and ids.shape[1] > 1,
-                "audio_rows": None if feats is None else feats.shape[0],
-                "mask_rows": None if fmask is None else fmask.shape[0],
+                "ids": None if ids is None else ids.detach().clone(),
+                "mask": None if mask is None else mask.detach().clone(),
+                "audio": {k: kwargs[k].detach().clone() for k in feature_keys if kwargs.get(k) is not None},
             }
         )
         return forward(*args, **kwargs)
@@ -100,12 +119,62 @@ def spy_on_forward(model: torch.nn.Module) -> list[dict]:
     return calls
 
 
-def test_every_training_forward_gets_the_audio(tiny_qwen2_audio, prepared_synth, tmp_path, compact_logprobs):
-    """Policy, old and reference log-probs all see the audio; SFT -> GRPO: only `default` moves."""
-    family = get_family("qwen2_audio")
-    adapter = _sft_adapter(family, tiny_qwen2_audio, tmp_path / "sft")
+def _unique_prompt_rows(prepared_synth: Path, n: int) -> list[dict]:
+    """Training rows whose prompt texts all differ, so a forward's row names its prompt by its tokens."""
+    from datasets import load_from_disk
+
+    rows = load_from_disk(str(prepared_synth / "hf" / "train")).select(range(n)).to_list()
+    for row in rows:
+        for block in row["messages"][1]["content"]:
+            if block["type"] == "text":
+                block["text"] = f"[{row['id']}] {block['text']}"
+    return rows
+
+
+def _expected_audio(family, processor, rows: list[dict]) -> list[tuple[list[int], dict]]:
+    """(prompt token ids, that prompt's audio feature rows) for each prompt, encoded alone."""
+    from models.inputs import encode_prompts
+
+    out = []
+    for row in rows:
+        enc = encode_prompts(family, processor, [row])
+        out.append((enc["input_ids"][0].tolist(), {k: enc[k][0] for k in family.AUDIO_FEATURE_KEYS}))
+    return out
+
+
+def _valid(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The frames a feature row really has (batches pad features to their longest clip)."""
+    return features[..., : int(mask.sum())]
+
+
+def assert_each_row_has_its_prompts_audio(call: dict, expected: list, mask_key: str) -> None:
+    """Every row of a forward carries exactly the audio features of the prompt its tokens start with."""
+    for i in range(call["rows"]):
+        tokens = call["ids"][i][call["mask"][i].bool()].tolist()
+        owners = [feats for ids, feats in expected if tokens[: len(ids)] == ids]
+        assert len(owners) == 1, f"row {i}: {len(owners)} prompts match its tokens"
+        want = owners[0]
+        got_mask, want_mask = call["audio"][mask_key][i], want[mask_key]
+        assert int(got_mask.sum()) == int(want_mask.sum()), f"row {i}: another clip's length"
+        for key, value in want.items():
+            if key != mask_key:
+                got = _valid(call["audio"][key][i], got_mask)
+                assert torch.equal(got, _valid(value, want_mask)), f"row {i}: {key} of another prompt"
+
+
+@pytest.mark.parametrize("family_name", GRPO_FAMILIES)
+def test_every_training_forward_gets_its_prompts_audio(
+    family_name, prepared_synth, tmp_path, compact_logprobs, request
+):
+    """Generation, old, reference and policy log-prob forwards all get, row by row, the features
+    of that completion's own prompt; SFT -> GRPO: only the `default` adapter moves."""
+    from datasets import Dataset, load_from_disk
+
+    family = get_family(family_name)
+    model_dir = request.getfixturevalue(TINY[family_name])
+    adapter = _sft_adapter(family, model_dir, tmp_path / "sft")
     cfg = _cfg(
-        tiny_qwen2_audio,
+        model_dir,
         prepared_synth,
         tmp_path / "run",
         {"max_steps": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-2},
@@ -120,10 +189,12 @@ def test_every_training_forward_gets_the_audio(tiny_qwen2_audio, prepared_synth,
         },
         {"init_adapter": str(adapter)},
     )
-    processor = family.load_processor(str(tiny_qwen2_audio))
-    model = family.load_model(str(tiny_qwen2_audio), dtype="float32", attn_implementation="eager")
+    processor = family.load_processor(str(model_dir))
+    model = family.load_model(str(model_dir), dtype="float32", attn_implementation="eager")
     model = components.add_lora(model, family, cfg.lora)
-    ds, _ = components.load_split(cfg.data, "train", family, processor, cfg.data.max_train_samples)
+    image_token_id = getattr(model.config, "image_token_id", None)  # Omni has one, Qwen2-Audio not
+    rows = _unique_prompt_rows(prepared_synth, 8)
+    features = load_from_disk(str(prepared_synth / "hf" / "train")).features
     funcs, weights = reward_functions(
         cfg.grpo.reward_weights,
         thinking_budget=0,
@@ -136,34 +207,84 @@ def test_every_training_forward_gets_the_audio(tiny_qwen2_audio, prepared_synth,
         model=model,
         reward_funcs=funcs,
         args=args,
-        train_dataset=grpo.with_prompts(ds),
+        train_dataset=grpo.with_prompts(Dataset.from_list(rows, features=features)),
         processing_class=processor,
         family=family,
     )
     audio_token = processor.tokenizer.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
     assert audio_token in trainer.generation_config.suppress_tokens  # never sampled
-    assert getattr(model.config, "image_token_id", None) is None  # trl's stand-in is gone again
+    assert getattr(model.config, "image_token_id", None) == image_token_id  # trl's stand-in is gone
     peft_model = trainer.model
     assert "ref" in peft_model.peft_config  # trl's frozen copy of the SFT adapter = the reference
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
-    calls = spy_on_forward(peft_model.get_base_model())
+    calls = spy_on_forward(peft_model.get_base_model(), family.AUDIO_FEATURE_KEYS)
 
     trainer.train()
 
     scoring = [c for c in calls if c["scoring"]]
     # one generation batch of 8 completions, scored in chunks of 4: old 2 + ref 2, then policy 1 per step
-    assert len(scoring) == 6, calls
+    assert len(scoring) == 6, [(c["scoring"], c["rows"]) for c in calls]
     assert sum(c["grad"] for c in scoring) == 2
-    for c in scoring:
-        assert c["audio_rows"] == c["rows"] and c["mask_rows"] == c["rows"], c
     prefills = [c for c in calls if not c["scoring"] and c["prefill"]]
-    assert prefills and all(c["audio_rows"] == c["rows"] == 8 for c in prefills)  # generation saw it too
+    assert prefills and all(c["rows"] == 8 for c in prefills)  # generation saw it too
+    expected = _expected_audio(family, processor, rows)
+    mask_key = next(k for k in family.AUDIO_FEATURE_KEYS if "mask" in k)
+    for call in scoring + prefills:
+        assert set(call["audio"]) == set(family.AUDIO_FEATURE_KEYS), call["audio"].keys()
+        assert_each_row_has_its_prompts_audio(call, expected, mask_key)
 
     after = dict(peft_model.named_parameters())
     moved = {n for n in before if not torch.equal(before[n], after[n].detach())}
     assert moved, "no parameter moved: the rewards gave no learning signal"
     assert all(".default" in n for n in moved), sorted(moved)  # base, encoder, `ref` frozen
     assert any("lora_B.default" in n for n in moved)
+
+
+def test_refuses_settings_that_generate_without_audio(tiny_qwen2_audio_fast, prepared_synth, tmp_path):
+    family = get_family("qwen2_audio")
+    cfg = _cfg(
+        tiny_qwen2_audio_fast,
+        prepared_synth,
+        tmp_path / "run",
+        {"max_steps": 1, "per_device_train_batch_size": 4},
+        {},
+    )
+    with pytest.raises(ValueError, match=r"`use_vllm=True` is not supported: .*without the audio"):
+        grpo.grpo_args(cfg, [1.0], use_vllm=True)
+    args = grpo.grpo_args(cfg, [1.0])
+    args.use_vllm = True  # a GRPOConfig built elsewhere reaches the trainer's own check
+    with pytest.raises(ValueError, match="use_vllm"):
+        grpo.AudioGRPOTrainer(
+            model=None, reward_funcs=[accuracy_reward], args=args, train_dataset=None,
+            processing_class=family.load_processor(str(tiny_qwen2_audio_fast)), family=family,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("clips", [0, 2])
+def test_refuses_prompts_without_exactly_one_clip(tiny_qwen2_audio_fast, prepared_synth, clips):
+    family = get_family("qwen2_audio")
+    processor = family.load_processor(str(tiny_qwen2_audio_fast))
+    row = _unique_prompt_rows(prepared_synth, 1)[0]
+    user = row["messages"][1]["content"]
+    audio = [b for b in user if b["type"] == "audio"]
+    row["messages"][1]["content"] = audio * clips + [b for b in user if b["type"] != "audio"]
+    with pytest.raises(ValueError, match=rf"sample '{row['id']}' has {clips} audio clips"):
+        grpo.encode_once_per_prompt(family, processor, [row, row])
+
+
+def test_refuses_a_family_whose_audio_inputs_would_not_reach_the_forward(
+    tiny_qwen2_audio_fast, prepared_synth
+):
+    """A family whose declared feature keys miss what its processor returns (a new, unchecked family)."""
+    import types
+
+    real = get_family("qwen2_audio")
+    partial = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
+    partial.AUDIO_FEATURE_KEYS, partial.NAME = ("input_features",), "half_declared"
+    processor = real.load_processor(str(tiny_qwen2_audio_fast))
+    rows = _unique_prompt_rows(prepared_synth, 2)
+    with pytest.raises(ValueError, match=r"family 'half_declared'.*\['feature_attention_mask'\] would not"):
+        grpo.encode_once_per_prompt(partial, processor, rows)
 
 
 def test_encode_once_per_prompt_matches_encode_prompts(tiny_qwen2_audio, prepared_synth):

@@ -120,9 +120,13 @@ def encode_once_per_prompt(family: ModuleType, processor: Any, rows: list[dict])
     """
     keys = [row.get("id") for row in rows]
     if None in keys:  # rows without ids (a hand-made dataset): no way to tell repeats apart
-        return encode_prompts(family, processor, rows)
+        batch = encode_prompts(family, processor, rows)
+        check_audio_batch(family, rows, batch)
+        return batch
     unique = list(dict.fromkeys(keys))
-    batch = encode_prompts(family, processor, [rows[keys.index(k)] for k in unique])
+    firsts = [rows[keys.index(k)] for k in unique]
+    batch = encode_prompts(family, processor, firsts)
+    check_audio_batch(family, firsts, batch)
     index = torch.tensor([unique.index(k) for k in keys])
     return {name: tensor[index] for name, tensor in batch.items()}
 
@@ -155,7 +159,66 @@ def grpo_args(cfg: TrainConfig, reward_weights: list[float], **overrides: Any) -
         reward_weights=reward_weights,
         log_completions=False,  # the completions table is ours (AudioGRPOTrainer.log), W&B rank 0
     )
-    return GRPOConfig(**{**kwargs, **overrides})
+    merged = {**kwargs, **overrides}
+    check_keeps_audio(merged)
+    return GRPOConfig(**merged)
+
+
+# trl settings under which completions would be generated or scored without the audio (trl 1.16).
+AUDIO_LOSING_SETTINGS = {
+    "use_vllm": "trl's vLLM path sends only the prompt token ids to vLLM, so completions would be "
+    "sampled without the audio (and then scored with it)",
+    "use_transformers_continuous_batching": "trl's continuous-batching generation takes token ids "
+    "only, so completions would be sampled without the audio",
+}
+
+
+def check_keeps_audio(settings: Any) -> None:
+    """Refuse trl settings that would generate or score without the audio, naming the setting.
+
+    `settings`: a GRPOConfig or the dict of its keyword arguments.
+    """
+    get = settings.get if isinstance(settings, dict) else functools.partial(getattr, settings)
+    for name, why in AUDIO_LOSING_SETTINGS.items():
+        if get(name, False):
+            raise ValueError(f"GRPO with audio: `{name}=True` is not supported: {why}")
+
+
+def check_audio_batch(family: ModuleType, rows: list[dict], batch: dict[str, Any]) -> None:
+    """Every prompt has exactly one clip, and every audio tensor the processor returned is one the
+    family's forward takes, one row per prompt; otherwise features would be dropped or misaligned.
+
+    Each completion is scored with the feature row of its prompt (trl repeats prompts, shuffles and
+    splits completions, and the feature rows travel with them), which holds only when clip rows and
+    prompt rows correspond one to one.
+    """
+    for row in rows:
+        prompt = [m for m in row["messages"] if m["role"] != "assistant"]  # what encode_prompts renders
+        n = sum(
+            b.get("type") == "audio"
+            for m in prompt
+            if not isinstance(m["content"], str)
+            for b in m["content"]
+        )
+        if n != 1:
+            raise ValueError(
+                f"GRPO with audio: sample {row.get('id')!r} has {n} audio clips in its prompt; exactly one "
+                "clip per prompt is supported (each completion is scored with its prompt's feature row)"
+            )
+    keys = set(family.AUDIO_FEATURE_KEYS)
+    unknown = sorted(set(batch) - keys - {"input_ids", "attention_mask"})
+    if not keys or unknown or not keys <= set(batch):
+        raise ValueError(
+            f"GRPO with audio: family {family.NAME!r} declares AUDIO_FEATURE_KEYS "
+            f"{sorted(keys)} but its processor returned {sorted(set(batch))}: audio inputs "
+            f"{unknown or sorted(keys - set(batch))} would not reach the forward"
+        )
+    for key in keys:
+        if batch[key].size(0) != len(rows):
+            raise ValueError(
+                f"GRPO with audio: family {family.NAME!r} gives {batch[key].size(0)} rows of {key!r} for "
+                f"{len(rows)} prompts: features would not line up with their completions"
+            )
 
 
 @contextlib.contextmanager
@@ -205,6 +268,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._audio: dict[str, torch.Tensor] | None = None
         self._prompt_batch: dict[str, torch.Tensor] | None = None
         self._table_step = -1
+        check_keeps_audio(kwargs["args"])
         processor = kwargs["processing_class"]
         audio_token_id = processor.tokenizer.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
         with _image_token_stand_in(kwargs["model"].config, audio_token_id):
