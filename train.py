@@ -7,6 +7,7 @@ Also runs under `torchrun --nproc_per_node N train.py ...` and as plain `python 
 
 import sys
 
+from train import rank_watch
 from train.config import load_config
 from train.distributed import finish_and_exit, setup_env, skip_cpu_shm_comm_op
 
@@ -19,11 +20,13 @@ def main(argv: list[str]) -> None:
     from common.logging_utils import setup_logging
 
     setup_logging()
+    rank_watch.start()  # a dead peer rank stops this one with its name, instead of a hang
     if cfg.training.method == "grpo":
         from train.grpo import main as run
     else:
         from train.sft import main as run
     run(cfg)
+    rank_watch.finish()  # wait for the peers (rank 0 may still be in eval_at_end), watching them
     finish_and_exit(0)
 
 

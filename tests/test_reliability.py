@@ -327,6 +327,169 @@ def test_training_kill9_after_checkpoint_then_resume_equals_straight(
     assert json.loads((crashed / "trainer_state.json").read_text())["epoch"] == STEPS / STEPS_PER_EPOCH
 
 
+# -- counts that survive loader workers and ranks ------------------------------------------------
+
+
+def _tampered_dataset(prepared: Path, model: Path, work: Path) -> tuple[Path, int]:
+    """16 training rows where the collator must drop 2 and shorten 2, and the max_length that does it.
+
+    Rows 0-1 get a 20 s clip but keep a 0.1 s `audio_duration`: the recipe's pre-filter (which trusts
+    the duration) keeps them, the collator (which decodes) finds their audio would be cut and drops
+    them, inside the loader workers. Rows 2-3 get a long answer that max_length shortens.
+    """
+    import shutil
+
+    from datasets import Dataset, load_from_disk
+
+    from models import get_family
+    from models.inputs import CUTS_AUDIO, length_verdict, sample_token_length
+
+    long_clip = work / "long_20s.wav"
+    sf.write(long_clip, _tone(20.0), SR, subtype="PCM_16")
+    rows = load_from_disk(str(prepared / "hf" / "train")).select(range(16)).to_list()
+    family = get_family("qwen2_audio")
+    processor = family.load_processor(str(model))
+    max_length = max(sample_token_length(family, processor, r).total for r in rows)
+    for row in rows[:2]:
+        row["messages"][1]["content"][0]["path"] = str(long_clip)
+        row["audio_duration"] = 0.1
+    for row in rows[2:4]:
+        row["messages"][2]["content"][0]["text"] *= 30
+    claimed = [length_verdict(sample_token_length(family, processor, r), max_length) for r in rows]
+    real = [sample_token_length(family, processor, {**r, "audio_duration": None}) for r in rows]
+    assert claimed == [None] * 16  # the pre-filter keeps every row
+    assert [length_verdict(n, max_length) for n in real[:4]] == [CUTS_AUDIO, CUTS_AUDIO, None, None]
+    assert all(n.total > max_length for n in real[2:4])  # shortened, not dropped
+    out = work / "tampered"
+    shutil.copytree(prepared, out, ignore=shutil.ignore_patterns("hf"))
+    features = load_from_disk(str(prepared / "hf" / "train")).features
+    Dataset.from_list(rows, features=features).save_to_disk(str(out / "hf" / "train"))
+    return out, max_length
+
+
+@pytest.mark.slow
+def test_collator_drops_in_loader_workers_are_summed_over_ranks(
+    tiny_qwen2_audio_fast, prepared_synth, tmp_path
+):
+    """2 ranks x 2 loader workers: the drops and truncations each worker's collator copy makes
+    reach run_info.json and the W&B run, summed (each row is collated once, on one rank)."""
+    from models.inputs import CUTS_AUDIO
+
+    data, max_length = _tampered_dataset(prepared_synth, tiny_qwen2_audio_fast, tmp_path)
+    out = tmp_path / "run"
+    # batch 4 per rank: the two dropped rows can never make a whole batch; 2 steps = one epoch
+    cmd = _train_cmd(tiny_qwen2_audio_fast, data, out, max_steps=2, per_device_train_batch_size=4,
+                     max_length=max_length, report_to="wandb", group_by_length="false")  # fmt: skip
+    _run_ok(cmd)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["collator_dropped"] == {CUTS_AUDIO: 2}, info
+    assert info["answers_truncated"] == 2
+    assert info["train_split_dropped"] == {}
+    blob = next((out / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+    for key in (b"data/collator_dropped/truncation_would_cut_audio", b"data/answers_truncated"):
+        assert key in blob, key
+
+
+# -- a dead rank never hangs the job ------------------------------------------------------------
+
+JOB_END_BOUND_S = 120  # the README's promise: a dead rank ends the job within 2 minutes
+
+
+def _rank_pid(launcher_pid: int, local_rank: int, deadline_s: float = 300) -> int:
+    """Pid of one rank: a direct child of DeepSpeed's per-node launcher (loader workers are its children)."""
+    import psutil
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for proc in psutil.Process(launcher_pid).children(recursive=True):
+            try:
+                cmd = proc.cmdline()
+                if "deepspeed.launcher.launch" in " ".join(cmd):
+                    for rank in proc.children():
+                        if f"--local_rank={local_rank}" in rank.cmdline():
+                            return rank.pid
+            except psutil.Error:
+                continue
+        time.sleep(0.1)
+    raise AssertionError(f"rank {local_rank} not found under the launcher")
+
+
+def _kill_rank_and_time(proc: subprocess.Popen, pid: int) -> float:
+    start = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=JOB_END_BOUND_S + 60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the job hung after a rank died") from None
+    return time.monotonic() - start
+
+
+def _died_message(log: Path, rank: int, pid: int) -> bool:
+    return f"rank {rank} (local rank {rank}, pid {pid}) died before finishing" in log.read_text()
+
+
+@pytest.mark.slow
+def test_dead_rank_mid_training_ends_the_job_then_resume_completes(
+    tiny_qwen2_audio_fast, prepared_synth, tmp_path
+):
+    """kill -9 of rank 1 during a step: the job stops within the bound, naming rank 1; the last
+    complete checkpoint loads and `--resume_from_checkpoint latest` finishes the run."""
+    from safetensors.torch import load_file
+
+    from train.components import newest_complete_checkpoint
+
+    out, log = tmp_path / "run", tmp_path / "job.log"
+    cmd = _train_cmd(tiny_qwen2_audio_fast, prepared_synth, out, max_steps=8, save_steps=2)
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+        pid = _rank_pid(proc.pid, 1)
+        deadline = time.monotonic() + 600
+        while not _checkpoint_complete(out / "checkpoint-2") and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint-2 within 10 minutes"
+            time.sleep(0.05)
+        time.sleep(0.5)  # inside step 3
+        elapsed = _kill_rank_and_time(proc, pid)
+    assert proc.returncode != 0 and elapsed < JOB_END_BOUND_S, (proc.returncode, elapsed)
+    assert _died_message(log, 1, pid), log.read_text()[-3000:]
+    assert not (out / "adapter_model.safetensors").exists(), "the run finished before the kill"
+    last = newest_complete_checkpoint(out)
+    assert last is not None and load_file(str(Path(last) / "adapter_model.safetensors"))
+    _run_ok(cmd + ["--resume_from_checkpoint", "latest"])
+    assert json.loads((out / "run_info.json").read_text())["global_step"] == 8
+
+
+@pytest.mark.slow
+def test_dead_rank_during_eval_at_end_ends_the_job(tiny_qwen2_audio_fast, prepared_synth, tmp_path):
+    """kill -9 of rank 0 while it runs eval_at_end: rank 1 (waiting for it) names it and the job
+    ends within the bound; the adapter saved before the eval is complete and loads."""
+    from peft import PeftModel
+
+    from models import get_family
+
+    out, log = tmp_path / "run", tmp_path / "job.log"
+    extra = {"max_steps": 2, "save_steps": 2, "eval_at_end.enabled": "true", "eval_at_end.limit": 64,
+             "eval_at_end.max_new_tokens": 64, "eval_at_end.batch_size": 1}  # fmt: skip
+    cmd = _train_cmd(tiny_qwen2_audio_fast, prepared_synth, out, **extra)
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+        pid = _rank_pid(proc.pid, 0)
+        deadline = time.monotonic() + 600
+        while not (out / "eval" / "test" / "run_info.json").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "eval_at_end did not start within 10 minutes"
+            time.sleep(0.05)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        elapsed = _kill_rank_and_time(proc, pid)
+    assert proc.returncode != 0 and elapsed < JOB_END_BOUND_S, (proc.returncode, elapsed)
+    assert _died_message(log, 0, pid), log.read_text()[-3000:]
+    assert json.loads((out / "run_info.json").read_text())["status"] == "complete"
+    family = get_family("qwen2_audio")
+    base = family.load_model(str(tiny_qwen2_audio_fast), dtype="float32")
+    assert PeftModel.from_pretrained(base, str(out)) is not None
+
+
 def test_resume_latest_skips_a_torn_checkpoint(tmp_path):
     """A kill -9 during a save leaves checkpoint-N without trainer_state.json (written last)."""
     from train.components import resolve_resume

@@ -248,6 +248,7 @@ def shared_trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         data_seed=t.seed,
         deepspeed=t.deepspeed,
         dataloader_num_workers=t.dataloader_num_workers,
+        ddp_timeout=t.collective_timeout_s,  # the process group's collective timeout (gloo/NCCL)
         # Workers live across epochs instead of being re-spawned (and re-importing torch) each one.
         dataloader_persistent_workers=t.dataloader_num_workers > 0,
         # Without a GPU, use_cpu makes accelerate form a gloo group of all launched ranks; left

@@ -94,6 +94,12 @@ class TrainingConfig:
         None, "'latest' (newest checkpoint-* in output_dir), a checkpoint path, or null."
     )
     dataloader_num_workers: int = _f(0, "DataLoader worker processes (audio decoding runs there).")
+    collective_timeout_s: int = _f(
+        600,
+        "Seconds a rank waits in a collective (all-reduce, barrier) before failing; bounds the hang "
+        "when a rank on another host dies (local peers are watched: train/rank_watch.py). Longer "
+        "than the slowest checkpoint save or eval, which other ranks wait out in a barrier.",
+    )
 
 
 @dataclass
