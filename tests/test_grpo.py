@@ -438,6 +438,7 @@ def test_deepspeed_two_ranks(tiny_qwen2_audio_fast, prepared_synth, tmp_path):
     assert any(float(v.abs().max()) > 0 for k, v in weights.items() if "lora_B" in k)  # moved from zero init
     info = json.loads((out / "run_info.json").read_text())
     assert info["status"] == "complete" and info["method"] == "grpo"
+    assert info["train_split_dropped"] == {}  # every prompt fits max_length; counted either way
     assert len(info["adapter_digests"]) == 2 and len(set(info["adapter_digests"])) == 1
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     logged = set().union(*history)
@@ -453,5 +454,6 @@ def test_deepspeed_two_ranks(tiny_qwen2_audio_fast, prepared_synth, tmp_path):
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert runs, "no offline W&B run"
     blob = runs[0].read_bytes()
-    for key in (b"train/reward", b"train/kl", b"train/rewards/format_reward/mean", b"train/completions"):
+    for key in (b"train/reward", b"train/kl", b"train/rewards/format_reward/mean", b"train/completions",
+                b"data/train_split_dropped"):  # fmt: skip
         assert key in blob, key

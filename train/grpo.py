@@ -89,8 +89,10 @@ def main(cfg: TrainConfig) -> Path:
     result = trainer.train(resume_from_checkpoint=components.resolve_resume(cfg.training))
     final = {f"train/{k}": v for k, v in result.metrics.items()}
 
-    # 7. save
-    save_run(trainer, cfg, run_info, final)
+    # 7. save (the prompts the length pre-filter dropped, by reason, also to W&B)
+    counts = run_files.data_counts({"train": skipped})
+    tracking.log_metrics(run_files.count_metrics(counts))
+    save_run(trainer, cfg, run_info, final, counts)
 
     # 8. eval at end (rank 0, on the saved adapter)
     run_files.free_trainer(trainer)
@@ -393,10 +395,13 @@ def log_completions_table(logs: dict, reward_names: list[str], weights: list[flo
 # 7. save ----------------------------------------------------------------------------------------
 
 
-def save_run(trainer: AudioGRPOTrainer, cfg: TrainConfig, run_info: dict, final: dict) -> None:
-    """The shared save (train.run_files), with the reward weights recorded and trl's reference copy removed."""
+def save_run(
+    trainer: AudioGRPOTrainer, cfg: TrainConfig, run_info: dict, final: dict, counts: dict | None = None
+) -> None:
+    """The shared save (train.run_files), with the reward weights and data counts recorded and
+    trl's reference copy removed."""
     rewards = dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist()))
-    run_files.save_run(trainer, cfg, run_info, final, reward_functions=rewards)
+    run_files.save_run(trainer, cfg, run_info, final, reward_functions=rewards, **(counts or {}))
     if trainer.is_world_process_zero():
         # trl keeps a frozen copy of the starting adapter named "ref" as the KL reference (beta > 0),
         # and PEFT saves it beside the trained one; it is only the starting point, so it goes.
