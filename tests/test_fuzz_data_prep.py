@@ -41,7 +41,7 @@ REASON = re.compile(r"^[A-Z][A-Za-z]*Error: \S")
 
 settings.register_profile(
     "ci",
-    max_examples=12,
+    max_examples=100,
     derandomize=True,
     deadline=None,
     database=None,
