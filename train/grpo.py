@@ -270,7 +270,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._audio: dict[str, torch.Tensor] | None = None
         self._prompt_batch: dict[str, torch.Tensor] | None = None
         self._table_step = -1
-        check_keeps_audio(kwargs["args"])
+        check_keeps_audio(kwargs.get("args"))
         processor = kwargs["processing_class"]
         audio_token_id = processor.tokenizer.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
         with _image_token_stand_in(kwargs["model"].config, audio_token_id):
