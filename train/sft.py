@@ -5,7 +5,8 @@ Reads top to bottom, the order a run happens in:
   2. LoRA                    (LLM linear layers; projector trainable by config; audio encoder frozen)
   3. data                    (data_prep output: hf/<split>; samples that cannot fit are dropped, counted)
   4. collator                (models.inputs.AudioChatCollator: labels on the assistant turn only)
-  5. trainer                 (trl.SFTTrainer on our collator; DeepSpeed from training.deepspeed)
+  5. trainer                 (transformers.Trainer; LM head + loss at label positions only,
+                              train.label_only_loss; DeepSpeed from training.deepspeed)
   6. train                   (resume from `latest` or a checkpoint path)
   7. save                    (PEFT adapter, processor, run_config.yaml, run_info.json, trainer_state)
   8. eval at end (optional)  (eval.run on the saved adapter, `eval/acc/<layer>` to W&B)
@@ -118,13 +119,12 @@ def check_loss_scaling(model: Any) -> None:
 
 
 def sft_args(cfg: TrainConfig, has_val: bool) -> Any:
-    """trl.SFTConfig from our config. trl's own defaults (bf16 on, gradient checkpointing on, its
-    dataset preparation) are overridden explicitly: the collator does all preprocessing."""
-    from trl import SFTConfig
+    """transformers.TrainingArguments from our config; the collator does all preprocessing."""
+    from transformers import TrainingArguments
 
     t = cfg.training
     eval_on = has_val and t.eval_steps is not None
-    return SFTConfig(
+    return TrainingArguments(
         **components.shared_trainer_kwargs(cfg),
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
@@ -134,19 +134,21 @@ def sft_args(cfg: TrainConfig, has_val: bool) -> Any:
         ddp_find_unused_parameters=False,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # the collator needs messages/audio_path, not model columns
-        dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,  # truncation is the collator's job (it never cuts the audio run)
-        packing=False,
     )
 
 
 def build_trainer(
     cfg: TrainConfig, model: Any, processor: Any, collator: Any, train_ds: Any, val_ds: Any, callbacks: list
 ) -> Any:
-    """trl.SFTTrainer with our collator and a prepared datasets.Dataset."""
-    from trl import SFTTrainer
+    """A transformers.Trainer whose model computes the LM head and the loss at label positions only.
 
-    return SFTTrainer(
+    Not trl's SFTTrainer: its compute_loss always runs its fused head over the whole vocabulary, with
+    entropy and token accuracy for logging (~95% of a tiny-model step; on CPU over every position).
+    See train/label_only_loss.py; the loss is the same number.
+    """
+    from train.label_only_loss import LabelOnlyLossTrainer
+
+    return LabelOnlyLossTrainer(
         model=model,
         args=sft_args(cfg, has_val=val_ds is not None),
         train_dataset=train_ds,
