@@ -62,6 +62,13 @@ def workdir(path: Path | None) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def real_tokenizer_if_present() -> str:
+    """ "qwen2" (the real 151,680-token vocabulary from ../shared) when present, else "local" (1k)."""
+    from common.paths import shared_qwen2_tokenizer_dir
+
+    return "qwen2" if shared_qwen2_tokenizer_dir() is not None else "local"
+
+
 def tiny_model(work: Path, seed: int = 0, tokenizer: str = "auto") -> Path:
     """The tiny random Qwen2-Audio built by its family module (reused when already there).
 

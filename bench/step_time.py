@@ -32,8 +32,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._common import emit, parse_args, print_table, synth_dataset, tiny_model, workdir
-from common.paths import REPO_ROOT, shared_qwen2_tokenizer_dir
+from bench._common import (
+    emit,
+    parse_args,
+    print_table,
+    real_tokenizer_if_present,
+    synth_dataset,
+    tiny_model,
+    workdir,
+)
+from common.paths import REPO_ROOT
 
 FULL = {"items": 100, "steps": 40, "repeats": 3}
 QUICK = {"items": 12, "steps": 6, "repeats": 1}
@@ -163,7 +171,7 @@ def _tokenizer(choice: str, quick: bool) -> str:
         return choice
     if quick:
         return "local"  # the smoke test checks the plumbing, not the ratio
-    return "qwen2" if shared_qwen2_tokenizer_dir() is not None else "local"
+    return real_tokenizer_if_present()
 
 
 def main(argv: list[str] | None = None) -> dict:

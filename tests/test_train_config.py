@@ -195,6 +195,8 @@ def test_memory_estimate_table() -> None:
     assert len(rows) == 3
     for row in rows.values():
         assert 7 < row["params_b"] < 10 and 0 < row["model_states_gib"] < 80
+        # The SFT recipe's label-only head keeps logits for the label rows only.
+        assert row["activations_gib"] < row["full_logits_activations_gib"]
     # ZeRO-3 partitions the frozen base too, so it needs less per GPU than ZeRO-2.
     z2, z3 = rows["configs/qwen2_audio_7b/cot_lora.yaml"], rows["configs/qwen2_audio_7b/cot_lora_zero3.yaml"]
     assert z3["model_states_gib"] < z2["model_states_gib"]

@@ -22,8 +22,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from transformers import Trainer
+
 from common.logging_utils import is_main_process
-from train import components, run_files, tracking
+from train import components, label_only_loss, run_files, tracking
 from train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -146,8 +148,6 @@ def build_trainer(
     entropy and token accuracy for logging (~95% of a tiny-model step; on CPU over every position).
     See train/label_only_loss.py; the loss is the same number.
     """
-    from train.label_only_loss import LabelOnlyLossTrainer
-
     return LabelOnlyLossTrainer(
         model=model,
         args=sft_args(cfg, has_val=val_ds is not None),
@@ -157,3 +157,23 @@ def build_trainer(
         processing_class=processor,
         callbacks=callbacks,
     )
+
+
+class LabelOnlyLossTrainer(Trainer):
+    """`transformers.Trainer` on a model whose forward computes the label-only loss.
+
+    The Trainer's own compute_loss is used as it is: `num_items_in_batch`, gradient accumulation
+    and world-size scaling follow the model's `accepts_loss_kwargs` (check_loss_scaling), as for
+    any model; only the model's forward changes. No logits exist, so `compute_metrics` and
+    `preprocess_logits_for_metrics` are refused rather than silently fed nothing.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        for name in ("compute_metrics", "preprocess_logits_for_metrics"):
+            if kwargs.get(name) is not None:
+                raise ValueError(
+                    f"{name} needs the full logits, which the label-only loss never builds; "
+                    "evaluate the saved adapter with eval.run instead"
+                )
+        label_only_loss.install(kwargs["model"])
+        super().__init__(*args, **kwargs)
