@@ -1,11 +1,9 @@
 """GRPO on the tiny Qwen2-Audio: the audio reaches every forward, the real launcher runs, it learns.
 
-CPU cost note: trl scores log-probs at every position of the sequence on devices without Triton
-(prompt included: with the real 151k vocabulary, logits for each audio and prompt token), and only
-at the completion positions on CUDA. The in-process tests switch trl to its CUDA-style compact
-scoring (`compact_logprobs`), which gives the same log-probs for the completion tokens in a
-fraction of the time; the multi-process test runs trl unmodified on the 1k-vocabulary tiny model
-(`tiny_qwen2_audio_fast`), as does the learning test (many steps).
+The log-prob forwards apply the LM head at the completion positions only (`logits_to_keep`, see
+train/label_only_loss.py), on every device; stock trl 1.16 scored every position on devices without
+Triton. The multi-process test and the learning test (many steps) use the 1k-vocabulary tiny model
+(`tiny_qwen2_audio_fast`).
 """
 
 from __future__ import annotations
@@ -29,14 +27,6 @@ from train.config import TrainConfig
 from train.rewards import accuracy_reward, reward_functions
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def compact_logprobs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Score only completion positions on CPU too (trl's CUDA path; see module docstring)."""
-    import trl.trainer.utils
-
-    monkeypatch.setattr(trl.trainer.utils, "_use_triton", lambda device: True)
 
 
 def _cfg(
@@ -86,7 +76,7 @@ def spy_on_forward(model: torch.nn.Module) -> list[dict]:
         feats, fmask = kwargs.get("input_features"), kwargs.get("feature_attention_mask")
         calls.append(
             {
-                "scoring": bool(kwargs.get("fused_lm_head")),  # log-prob forward (old, ref or policy)
+                "scoring": bool(kwargs.get("logits_to_keep")),  # log-prob forward (old, ref or policy)
                 "grad": torch.is_grad_enabled(),
                 "rows": None if ids is None else ids.shape[0],
                 "prefill": ids is not None and ids.shape[1] > 1,
@@ -100,7 +90,7 @@ def spy_on_forward(model: torch.nn.Module) -> list[dict]:
     return calls
 
 
-def test_every_training_forward_gets_the_audio(tiny_qwen2_audio, prepared_synth, tmp_path, compact_logprobs):
+def test_every_training_forward_gets_the_audio(tiny_qwen2_audio, prepared_synth, tmp_path):
     """Policy, old and reference log-probs all see the audio; SFT -> GRPO: only `default` moves."""
     family = get_family("qwen2_audio")
     adapter = _sft_adapter(family, tiny_qwen2_audio, tmp_path / "sft")
@@ -218,7 +208,7 @@ def _less_likely(model, family, processor, rows: list[dict], token_ids: list[int
 
 
 def test_accuracy_reward_rises_when_one_answer_is_always_right(
-    tiny_qwen2_audio_fast, prepared_synth, tmp_path, compact_logprobs
+    tiny_qwen2_audio_fast, prepared_synth, tmp_path
 ):
     """A real learning signal: GRPO turns a dispreferred answer into the preferred one.
 
