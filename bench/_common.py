@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,16 @@ for _key, _value in {
 SYNTH_CONFIG = REPO_ROOT / "configs" / "data" / "synth_cot.yaml"
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """`--quick` (a smaller run for the smoke test), `--workdir` (keep the files there) and `--seed`."""
+def parse_args(
+    description: str,
+    argv: Sequence[str] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """`--quick` (a smaller run for the smoke test), `--workdir` (keep the files there) and `--seed`,
+    plus whatever `add_arguments` adds for one bench."""
     parser = argparse.ArgumentParser(description=description)
+    if add_arguments is not None:
+        add_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="smaller run (used by tests/test_bench.py)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep model/data here (default: temp)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and model")
@@ -53,6 +60,13 @@ def workdir(path: Path | None) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def real_tokenizer_if_present() -> str:
+    """ "qwen2" (the real 151,680-token vocabulary from ../shared) when present, else "local" (1k)."""
+    from common.paths import shared_qwen2_tokenizer_dir
+
+    return "qwen2" if shared_qwen2_tokenizer_dir() is not None else "local"
 
 
 def tiny_model(work: Path, seed: int = 0, tokenizer: str = "auto") -> Path:

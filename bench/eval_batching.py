@@ -8,9 +8,10 @@ use that same function on the same tiny Qwen2-Audio and the same synthetic test 
 side by side, so the ratio is meaningful even on a busy CPU); only `batch_size` differs. Greedy
 decoding with correct attention masks must give the same predictions either way.
 
-Why the CPU ratio understates a GPU's: the tiny model's LM head (151,680 x 64, the real Qwen2
-vocabulary) is ~99% of its per-token FLOPs, and Qwen2-Audio computes logits for every prompt
-position in the prefill. That prefill work is the same per item at any batch size, and decoding is
+The tiny model uses the real Qwen2 tokenizer (151,680 tokens) when ../shared has it, else the 1k
+local one; the JSON says which (`tokenizer`, `vocab_size`). Why the CPU ratio understates a GPU's:
+with the real vocabulary the tiny model's LM head (151,680 x 64) is ~99% of its per-token FLOPs, and
+Qwen2-Audio computes logits for every prompt position in the prefill. That prefill work is the same per item at any batch size, and decoding is
 compute-bound on a CPU, so batching only removes per-step overhead. On a GPU a 7B model's decode is
 memory-bound and dominates CoT eval (hundreds of new tokens), which batching amortises. The bench
 therefore also measures prefill time per item and decode time per new token in both modes and
@@ -22,7 +23,15 @@ from __future__ import annotations
 
 import time
 
-from bench._common import emit, parse_args, print_table, synth_dataset, tiny_model, workdir
+from bench._common import (
+    emit,
+    parse_args,
+    print_table,
+    real_tokenizer_if_present,
+    synth_dataset,
+    tiny_model,
+    workdir,
+)
 
 FULL = {"items": 200, "max_new_tokens": 128}  # a short CoT budget; real CoT runs use hundreds
 QUICK = {"items": 24, "max_new_tokens": 8}
@@ -58,13 +67,15 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     batch_size = EvalConfig().batch_size  # eval.run's default, what a user gets
     with workdir(args.workdir) as work:
-        model_dir = tiny_model(work, args.seed, tokenizer="local")
+        tokenizer = real_tokenizer_if_present()
+        model_dir = tiny_model(work, args.seed, tokenizer=tokenizer)
         # holdout: every item lands in the test split, so `items` synthetic items = `items` test items
         data = synth_dataset(work, size["items"], args.seed, "--split.mode", "holdout")
         rows = read_jsonl(data / "test.jsonl")[: size["items"]]
         family = get_family("qwen2_audio")
         processor = family.load_processor(str(model_dir))
         model = family.load_model(str(model_dir), dtype="float32", attn_implementation="eager")
+        vocab = model.config.get_text_config().vocab_size
         timed_eval(model, processor, family, rows[:2], 2, 2)  # warm-up: lazy inits, allocator
         t_one, one = timed_eval(model, processor, family, rows, 1, size["max_new_tokens"])
         t_batch, batched = timed_eval(model, processor, family, rows, batch_size, size["max_new_tokens"])
@@ -82,7 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
         ("one at a time", 1, t_one, len(rows) / t_one, n_new / t_one),
         ("batched", batch_size, t_batch, len(rows) / t_batch, n_new / t_batch),
     ]
-    print(f"{len(rows)} items, max_new_tokens={size['max_new_tokens']}, tiny Qwen2-Audio, fp32 CPU")
+    print(
+        f"{len(rows)} items, max_new_tokens={size['max_new_tokens']}, tiny Qwen2-Audio, fp32 CPU, "
+        f"tokenizer {tokenizer} (vocab {vocab:,})"
+    )
     print_table(["mode", "batch_size", "seconds", "items/s", "new tokens/s"], table)
     print()
     print_table(
@@ -99,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         "identical_predictions": identical,
         "items": len(rows),
         "batch_size": batch_size,
+        "tokenizer": tokenizer,
+        "vocab_size": vocab,
         "max_new_tokens": size["max_new_tokens"],
         "seconds_one_at_a_time": round(t_one, 2),
         "seconds_batched": round(t_batch, 2),

@@ -13,8 +13,12 @@ assume every parameter trains (16-bit weights + grads, fp32 master + Adam moment
 the trainable parameters have gradients and optimizer states, so we feed the estimator the
 trainable count and add the frozen base weights ourselves: replicated 2 bytes/param under ZeRO-2,
 partitioned 2/N bytes under ZeRO-3, on the CPU with ZeRO-3 param offload.
-Activations are a rough extra column (gradient checkpointing, one sample of `max_length` tokens):
+Activations are a rough extra column (gradient checkpointing, samples of `max_length` tokens):
 one saved hidden state per layer, one layer recomputed, and the logits in bf16 + fp32 for the loss.
+The SFT recipe applies the LM head at label positions only (train/label_only_loss.py), so its
+logits cover the assistant turn (`LABEL_TOKENS` per sample assumed, a long chain of thought), not
+every position; the full-logits figure (what a trainer calling the model's own forward holds) is
+printed beside it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from common.paths import REPO_ROOT
 GIB = 1024**3
 NUM_GPUS = 8
 FULL_FT_REFERENCE = "configs/qwen2_audio_7b/cot_lora.yaml"  # the "for scale" line
+LABEL_TOKENS = 512  # assistant-turn (label) tokens per sample: a long chain of thought plus the answer
+CLIP_30S_POSITIONS = 1000  # a 30 s clip's 750 audio tokens + prompt + answer: one sample's positions
 
 
 def recipes() -> list[str]:
@@ -100,11 +106,12 @@ def per_gpu_bytes(c: Counts, trainable: int, stage: int, offload: bool, n: int =
     return gpu + (0 if offload else 2 * frozen // n)
 
 
-def activation_bytes(c: Counts, seq: int, batch: int) -> int:
-    """Rough activations with gradient checkpointing (bf16), dominated by the logits at long seq."""
+def activation_bytes(c: Counts, seq: int, batch: int, logit_positions: int) -> int:
+    """Rough activations with gradient checkpointing (bf16); the logits of `logit_positions` per
+    sample (all `seq` for a full-logits forward) dominate at long sequences."""
     saved = c.layers * batch * seq * c.hidden * 2
     one_layer = batch * seq * c.hidden * 34 * 2  # Korthikanti et al.'s ~34*s*h per layer, flash attn
-    logits = batch * seq * c.vocab * (2 + 4 + 4)  # bf16 logits, fp32 upcast, fp32 grad
+    logits = batch * logit_positions * c.vocab * (2 + 4 + 4)  # bf16 logits, fp32 upcast, fp32 grad
     return saved + one_layer + logits
 
 
@@ -125,7 +132,8 @@ def estimate(recipe: str) -> dict:
     states = per_gpu_bytes(c, trainable, stage, offload)
     seq = int(cfg["data"].get("max_length", 2048))
     batch = int(cfg["training"].get("per_device_train_batch_size", 1))
-    acts = activation_bytes(c, seq, batch)
+    acts = activation_bytes(c, seq, batch, min(LABEL_TOKENS, seq))
+    full_acts = activation_bytes(c, seq, batch, seq)
     return {
         "recipe": recipe,
         "zero": stage,
@@ -136,6 +144,10 @@ def estimate(recipe: str) -> dict:
         "model_states_gib": round(states / GIB, 1),
         "activations_gib": round(acts / GIB, 1),
         "total_gib": round((states + acts) / GIB, 1),
+        "full_logits_activations_gib": round(full_acts / GIB, 1),
+        "full_logits_total_gib": round((states + full_acts) / GIB, 1),
+        "label_tokens": min(LABEL_TOKENS, seq),
+        "vocab": c.vocab,
         "seq": seq,
         "micro_batch": batch,
     }
@@ -155,23 +167,45 @@ def full_finetune_reference(total: int, n: int = NUM_GPUS) -> dict:
 
 def main() -> None:
     rows = [estimate(r) for r in recipes()]
-    header = "| recipe | ZeRO | params | trainable | model states/GPU | activations/GPU (rough) | total/GPU |"
+    header = (
+        "| recipe | ZeRO | params | trainable | model states/GPU | activations/GPU (rough) | total/GPU "
+        "| with full logits |"
+    )
     print(header)
-    print("|" + "---|" * 7)
+    print("|" + "---|" * 8)
     for row in rows:
         zero = f"{row['zero']}{' + offload' if row['offload'] else ''}"
         print(
             f"| {row['recipe']} | {zero} | {row['params_b']} B | {row['trainable_m']} M | "
             f"{row['model_states_gib']} GiB | {row['activations_gib']} GiB (seq {row['seq']}, "
-            f"mb {row['micro_batch']}) | {row['total_gib']} GiB |"
+            f"mb {row['micro_batch']}) | {row['total_gib']} GiB | {row['full_logits_total_gib']} GiB |"
         )
+    vocab = max(row["vocab"] for row in rows)  # the widest head of the recipes above
+    sample_gb = CLIP_30S_POSITIONS * vocab * 4 / 1e9
+    print(
+        f"\nActivations count the logits at label positions only ({LABEL_TOKENS} per sample), as the SFT "
+        "recipe computes them (train/label_only_loss.py); 'with full logits' is the same total for a "
+        f"forward that builds logits at every position. One 30 s sample (~{CLIP_30S_POSITIONS:,} "
+        f"positions) x {vocab:,} vocabulary x 4 bytes = {sample_gb:.2f} GB of fp32 logits that the "
+        "label-only path never builds (it keeps only its label rows)."
+    )
     reference = next(row for row in rows if row["recipe"] == FULL_FT_REFERENCE)
     ref = full_finetune_reference(int(reference["params_b"] * 1e9))
     print(
         f"\nFor scale: full fine-tuning of Qwen2-Audio-7B under ZeRO-2 on {NUM_GPUS} GPUs needs "
         f"{ref['full_ft_zero2_gib']} GiB/GPU of model states alone (DeepSpeed estimator)."
     )
-    print(json.dumps({"bench": "memory_estimate", "gpus": NUM_GPUS, "rows": rows, **ref}))
+    print(
+        json.dumps(
+            {
+                "bench": "memory_estimate",
+                "gpus": NUM_GPUS,
+                "rows": rows,
+                "full_logits_30s_sample_gb": round(sample_gb, 2),
+                **ref,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,17 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHES = {
     "prepare": ("items_per_s",),
     "padding": ("efficiency_random", "efficiency_grouped"),
-    "eval_batching": ("speedup", "identical_predictions"),
+    "eval_batching": ("speedup", "identical_predictions", "tokenizer", "vocab_size"),
     "data_stall": ("stall_frac",),
+    "step_time": (
+        "ms_per_step",
+        "reference_ms_per_step",
+        "ratio",
+        "peak_rss_mib",
+        "reference_peak_rss_mib",
+        "tokenizer",
+    ),
+    "gpu_throughput": ("train", "generation", "forbidden_imports", "device"),
 }
 
 
@@ -42,6 +51,19 @@ def test_bench_quick_prints_json_last(name, tmp_path):
         assert result["identical_predictions"] is True
     if name == "data_stall":
         assert 0 <= result["stall_frac"] < 1
+    if name == "step_time":
+        # Same model, data and order: the label-only loss is the full-logits loss.
+        assert result["first_loss_rel_diff"] < 1e-5 and result["ratio"] > 0
+        assert result["trainable_params"] == result["reference_trainable_params"]
+    if name == "gpu_throughput":
+        assert result["forbidden_imports"] == []  # torch + transformers + peft only
+        rows = {(r["attn"], r["clip_s"], r["system"]): r for r in result["train"]}
+        assert {k[2] for k in rows} == {"ours", "full_logits"} and {k[1] for k in rows} == {10, 30}
+        for (attn, clip, _), row in rows.items():
+            assert row["tokens_per_s"] > 0 and row["model_tflops_per_step"] > 0
+            ref = rows[(attn, clip, "full_logits")]["loss"]
+            assert abs(row["loss"] - ref) <= 1e-4 * abs(ref)  # lr 0: both systems train the same weights
+        assert all(g["tokens_per_s"] > 0 for g in result["generation"])
     if name == "prepare":
         assert result["items_per_s"] > 0 and result["samples_written"] == result["items"]
 

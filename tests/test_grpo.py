@@ -1,11 +1,9 @@
 """GRPO on the tiny Qwen2-Audio: the audio reaches every forward, the real launcher runs, it learns.
 
-CPU cost note: trl scores log-probs at every position of the sequence on devices without Triton
-(prompt included: with the real 151k vocabulary, logits for each audio and prompt token), and only
-at the completion positions on CUDA. The in-process tests switch trl to its CUDA-style compact
-scoring (`compact_logprobs`), which gives the same log-probs for the completion tokens in a
-fraction of the time; the multi-process test runs trl unmodified on the 1k-vocabulary tiny model
-(`tiny_qwen2_audio_fast`), as does the learning test (many steps).
+The log-prob forwards apply the LM head at the completion positions only (`logits_to_keep`, see
+train/label_only_loss.py), on every device; stock trl 1.16 scored every position on devices without
+Triton. The multi-process test and the learning test (many steps) use the 1k-vocabulary tiny model
+(`tiny_qwen2_audio_fast`).
 """
 
 from __future__ import annotations
@@ -59,14 +57,6 @@ def _tiny_model(family_name: str, request, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
-def compact_logprobs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Score only completion positions on CPU too (trl's CUDA path; see module docstring)."""
-    import trl.trainer.utils
-
-    monkeypatch.setattr(trl.trainer.utils, "_use_triton", lambda device: True)
-
-
 def _cfg(
     model_dir: Path, dataset_dir: Path, out: Path, training: dict, grpo_cfg: dict, lora: dict | None = None
 ):
@@ -113,7 +103,7 @@ def spy_on_forward(model: torch.nn.Module, feature_keys: tuple[str, ...]) -> lis
         ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         calls.append(
             {
-                "scoring": bool(kwargs.get("fused_lm_head")),  # log-prob forward (old, ref or policy)
+                "scoring": bool(kwargs.get("logits_to_keep")),  # log-prob forward (old, ref or policy)
                 "grad": torch.is_grad_enabled(),
                 "rows": None if ids is None else ids.shape[0],
                 "prefill": ids is not None and ids.shape[1] > 1,
@@ -173,7 +163,7 @@ def assert_each_row_has_its_prompts_audio(call: dict, expected: list, mask_key: 
 
 @pytest.mark.parametrize("family_name", GRPO_FAMILIES)
 def test_every_training_forward_gets_its_prompts_audio(
-    family_name, prepared_synth, tmp_path, tmp_path_factory, compact_logprobs, request
+    family_name, prepared_synth, tmp_path, tmp_path_factory, request
 ):
     """Generation, old, reference and policy log-prob forwards all get, row by row, the features
     of that completion's own prompt; SFT -> GRPO: only the `default` adapter moves."""
@@ -348,7 +338,7 @@ def _less_likely(model, family, processor, rows: list[dict], token_ids: list[int
 
 
 def test_accuracy_reward_rises_when_one_answer_is_always_right(
-    tiny_qwen2_audio_fast, prepared_synth, tmp_path, compact_logprobs
+    tiny_qwen2_audio_fast, prepared_synth, tmp_path
 ):
     """A real learning signal: GRPO turns a dispreferred answer into the preferred one.
 

@@ -193,6 +193,8 @@ def test_memory_estimate_table() -> None:
     assert sorted(rows) == recipes() and len(rows) >= 5  # one row per configs/<model>/cot_lora*.yaml
     for row in rows.values():
         assert 7 < row["params_b"] < 40 and 0 < row["model_states_gib"] < 80
+        # The SFT recipe's label-only head keeps logits for the label rows only.
+        assert row["activations_gib"] < row["full_logits_activations_gib"]
     # 30B MoE: only ZeRO-3 fits 80 GB; the published size is 31.72 B parameters
     moe = rows["configs/qwen3_omni_30b_a3b/cot_lora.yaml"]
     assert moe["zero"] == 3 and 31 < moe["params_b"] < 32.5

@@ -33,10 +33,11 @@ from typing import Any
 import torch
 from transformers import Trainer, set_seed
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
 from common.logging_utils import is_main_process
 from models.inputs import encode_prompts
-from train import components, run_files, tracking
+from train import components, label_only_loss, run_files, tracking
 from train.config import TrainConfig
 from train.rewards import completion_text, reward_functions
 
@@ -257,7 +258,9 @@ class AudioGRPOTrainer(GRPOTrainer):
       processor's chat template (which would test block keys, not types, and load audio its own way).
     - `_compute_loss`: exposes the micro-batch's audio to the policy forward.
     - `_get_per_token_logps_and_entropies`: trl's chunked loop with the image branches replaced by
-      slicing the audio rows; it raises if asked to score a batch without its audio.
+      slicing the audio rows; it raises if asked to score a batch without its audio. The LM head runs
+      on the completion positions only (`logits_to_keep`, train/label_only_loss.py): trl's fused head
+      scores every position, padding included, when Triton is absent (CPU).
     - `log`: a W&B table of sample completions with their rewards every `log_completions_every` steps.
     trl's `_compute_loss` and `_generate_and_score_completions` bodies are long and change between
     releases, so the audio reaches the log-prob forwards through `self._audio` (set for exactly the
@@ -275,6 +278,10 @@ class AudioGRPOTrainer(GRPOTrainer):
         audio_token_id = processor.tokenizer.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
         with _image_token_stand_in(kwargs["model"].config, audio_token_id):
             super().__init__(*args, **kwargs)
+        # Log-prob forwards compute the head on the completion positions only (see below).
+        label_only_loss.install(self.model)
+        if self.ref_model is not None:
+            label_only_loss.install(self.ref_model)
         suppress = sorted({audio_token_id, *(self.generation_kwargs.get("suppress_tokens") or [])})
         self.generation_kwargs["suppress_tokens"] = suppress
         self.generation_config.suppress_tokens = suppress
@@ -330,33 +337,37 @@ class AudioGRPOTrainer(GRPOTrainer):
         audio = self._audio
         if audio is None or any(v.size(0) != input_ids.size(0) for v in audio.values()):
             raise RuntimeError("log-probs requested without the batch's audio; the loss would ignore it")
+        if compute_aux_loss:
+            # trl asks for it when the config sets output_router_logits (MoE); the completion-only
+            # head below does not compute the router load-balancing loss, so refuse rather than drop it.
+            raise NotImplementedError(
+                "GRPO with the MoE router aux loss (output_router_logits) is not supported"
+            )
         batch_size = batch_size or input_ids.size(0)
-        logps, entropies, aux_losses = [], [], []
+        logps, entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
             end = min(start + batch_size, input_ids.size(0))
             ids, mask = input_ids[start:end], attention_mask[start:end]
-            # Only the completion tokens are scored
-            labels = ids.masked_fill(mask == 0, -100)
-            labels[:, :-logits_to_keep] = -100
-            extra = {"output_router_logits": True} if compute_aux_loss else {}
             with self.accelerator.autocast():
-                out = model(
+                # The LM head on the completion positions only (train.label_only_loss): position t
+                # predicts token t + 1, so the last k + 1 positions score the k completion tokens.
+                logits = model(
                     input_ids=ids,
                     attention_mask=mask,
                     **{k: v[start:end] for k, v in audio.items()},
-                    labels=labels,
-                    fused_lm_head=True,  # trl's patched head: per-token log-probs, no full logits
-                    **extra,
-                )
-            logps.append(out.log_probs[:, -logits_to_keep:])
+                    logits_to_keep=logits_to_keep + 1,
+                ).logits[:, :-1]
+            targets, padding = ids[:, -logits_to_keep:], mask[:, -logits_to_keep:] == 0
             if compute_entropy:
-                entropies.append(out.entropy[:, -logits_to_keep:])
-            if compute_aux_loss:
-                aux_losses.append(out.aux_loss)
+                lp, ent = selective_log_softmax_and_entropy(logits, targets, temperature=self.temperature)
+                entropies.append(ent.masked_fill(padding, 0.0))
+            else:
+                lp = selective_log_softmax(logits, targets, temperature=self.temperature)
+            logps.append(lp.masked_fill(padding, 0.0))  # as trl's fused head: 0 where nothing is scored
         return (
             torch.cat(logps, dim=0),
             torch.cat(entropies, dim=0) if compute_entropy else None,
-            torch.stack(aux_losses).mean() if compute_aux_loss else None,
+            None,
         )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

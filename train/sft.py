@@ -5,7 +5,8 @@ Reads top to bottom, the order a run happens in:
   2. LoRA                    (LLM linear layers; projector trainable by config; audio encoder frozen)
   3. data                    (data_prep output: hf/<split>; samples that cannot fit are dropped, counted)
   4. collator                (models.inputs.AudioChatCollator: labels on the assistant turn only)
-  5. trainer                 (trl.SFTTrainer on our collator; DeepSpeed from training.deepspeed)
+  5. trainer                 (transformers.Trainer; LM head + loss at label positions only,
+                              train.label_only_loss; DeepSpeed from training.deepspeed)
   6. train                   (resume from `latest` or a checkpoint path)
   7. save                    (PEFT adapter, processor, run_config.yaml, run_info.json, trainer_state)
   8. eval at end (optional)  (eval.run on the saved adapter, `eval/acc/<layer>` to W&B)
@@ -21,8 +22,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from transformers import Trainer
+
 from common.logging_utils import is_main_process
-from train import components, run_files, tracking
+from train import components, label_only_loss, run_files, tracking
 from train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -120,13 +123,12 @@ def check_loss_scaling(model: Any) -> None:
 
 
 def sft_args(cfg: TrainConfig, has_val: bool) -> Any:
-    """trl.SFTConfig from our config. trl's own defaults (bf16 on, gradient checkpointing on, its
-    dataset preparation) are overridden explicitly: the collator does all preprocessing."""
-    from trl import SFTConfig
+    """transformers.TrainingArguments from our config; the collator does all preprocessing."""
+    from transformers import TrainingArguments
 
     t = cfg.training
     eval_on = has_val and t.eval_steps is not None
-    return SFTConfig(
+    return TrainingArguments(
         **components.shared_trainer_kwargs(cfg),
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
@@ -136,26 +138,20 @@ def sft_args(cfg: TrainConfig, has_val: bool) -> Any:
         ddp_find_unused_parameters=False,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # the collator needs messages/audio_path, not model columns
-        dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,  # truncation is the collator's job (it never cuts the audio run)
-        packing=False,
     )
 
 
 def build_trainer(
     cfg: TrainConfig, model: Any, processor: Any, collator: Any, train_ds: Any, val_ds: Any, callbacks: list
 ) -> Any:
-    """trl.SFTTrainer with our collator, a prepared datasets.Dataset and a resume-exact loader."""
-    from trl import SFTTrainer
+    """A transformers.Trainer whose model computes the LM head and the loss at label positions only,
+    with a resume-exact training loader.
 
-    from train.loader import resumable_train_dataloader
-
-    class ResumableSFTTrainer(SFTTrainer):
-        # The Trainer's own loader shuffles from the global RNG: not exact after a resume.
-        def get_train_dataloader(self) -> Any:
-            return resumable_train_dataloader(self, components.LENGTH_COLUMN)
-
-    return ResumableSFTTrainer(
+    Not trl's SFTTrainer: its compute_loss always runs its fused head over the whole vocabulary, with
+    entropy and token accuracy for logging (~95% of a tiny-model step; on CPU over every position).
+    See train/label_only_loss.py; the loss is the same number.
+    """
+    return LabelOnlyLossTrainer(
         model=model,
         args=sft_args(cfg, has_val=val_ds is not None),
         train_dataset=train_ds,
@@ -164,3 +160,29 @@ def build_trainer(
         processing_class=processor,
         callbacks=callbacks,
     )
+
+
+class LabelOnlyLossTrainer(Trainer):
+    """`transformers.Trainer` on a model whose forward computes the label-only loss.
+
+    The Trainer's own compute_loss is used as it is: `num_items_in_batch`, gradient accumulation
+    and world-size scaling follow the model's `accepts_loss_kwargs` (check_loss_scaling), as for
+    any model; only the model's forward changes. No logits exist, so `compute_metrics` and
+    `preprocess_logits_for_metrics` are refused rather than silently fed nothing.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        for name in ("compute_metrics", "preprocess_logits_for_metrics"):
+            if kwargs.get(name) is not None:
+                raise ValueError(
+                    f"{name} needs the full logits, which the label-only loss never builds; "
+                    "evaluate the saved adapter with eval.run instead"
+                )
+        label_only_loss.install(kwargs["model"])
+        super().__init__(*args, **kwargs)
+
+    def get_train_dataloader(self) -> Any:
+        # The Trainer's own loader shuffles from the global RNG: not exact after a resume (train/loader.py).
+        from train.loader import resumable_train_dataloader
+
+        return resumable_train_dataloader(self, components.LENGTH_COLUMN)
