@@ -21,7 +21,7 @@ head is *called*, never read: under ZeRO-3 calling the module gathers its partit
 The patched forward has three modes:
   - `labels=...`          -> `loss` only (no logits are built); `num_items_in_batch` is honoured
                              when the Trainer passes it (the model's `accepts_loss_kwargs` decides,
-                             exactly as before: see train/recipe.py check_loss_scaling).
+                             exactly as before: see train/sft.py check_loss_scaling).
   - `logits_to_keep=k`    -> logits of the last k positions only (GRPO's log-prob forwards).
   - neither               -> the model's own forward (generation, evaluation outside training).
 """
