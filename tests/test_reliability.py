@@ -552,3 +552,29 @@ def test_weights_are_safetensors_and_bin_adapters_are_refused(tiny_qwen2_audio_f
     (adapter / "adapter_model.bin").write_bytes(b"not loaded")
     with pytest.raises(EvalError, match="no adapter_model.safetensors"):
         check_adapter(adapter, str(tiny_qwen2_audio_fast), allow_base_mismatch=False)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    """train/loader.py: the order a resumed process draws for an epoch is the unbroken run's."""
+    import torch
+
+    from train.loader import EpochSeededSampler
+
+    lengths = [int(x) for x in np.random.default_rng(0).integers(50, 500, size=64)]
+    epoch = {"now": 0.0}
+    fresh = EpochSeededSampler(lengths, batch_size=4, seed=3, epoch_of=lambda: epoch["now"])
+    orders = []
+    for e in range(3):
+        epoch["now"] = float(e)
+        orders.append(list(fresh))
+    assert all(sorted(o) == list(range(64)) for o in orders)  # each epoch is a permutation
+    assert orders[0] != orders[1] != orders[2]  # reshuffled every epoch
+    # A process resumed in the middle of epoch 1 (state.epoch 1.5) draws epoch 1's order,
+    # however much global randomness it consumed before.
+    torch.rand(1000)  # global RNG draws (model init, dropout) must not matter
+    resumed = EpochSeededSampler(lengths, batch_size=4, seed=3, epoch_of=lambda: 1.5)
+    assert list(resumed) == orders[1]
+    other_seed = EpochSeededSampler(lengths, batch_size=4, seed=4, epoch_of=lambda: 1.0)
+    assert list(other_seed) != orders[1]
+    plain = EpochSeededSampler(lengths, 4, 3, lambda: 1.0, group_by_length=False)
+    assert sorted(plain) == list(range(64)) and list(plain) != orders[1]
