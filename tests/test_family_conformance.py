@@ -249,6 +249,7 @@ def _spy(model: torch.nn.Module, keys: tuple[str, ...]) -> list[dict]:
             {
                 "rows": None if ids is None else ids.shape[0],
                 "full": ids is not None and ids.shape[1] > 1,  # prefill or scoring (not a decode step)
+                "scoring": bool(kwargs.get("logits_to_keep")) and not kwargs.get("use_cache"),
                 **{k: None if kwargs.get(k) is None else kwargs[k].shape[0] for k in keys},
             }
         )
@@ -260,18 +261,23 @@ def _spy(model: torch.nn.Module, keys: tuple[str, ...]) -> list[dict]:
 
 @pytest.mark.slow
 def test_grpo_two_steps_audio_in_every_forward(family, tiny, prepared, tmp_path, monkeypatch):
-    from train import components, grpo
+    from train import grpo, label_only_loss
     from train.config import load_config
 
+    # The spy goes on top of the label-only forward the trainer installs, so it sees every call:
+    # generation (prefill and decode) and the old/reference/policy log-prob forwards.
     spied: list[list[dict]] = []
-    add_lora = components.add_lora
+    install = label_only_loss.install
 
-    def add_lora_and_spy(model, fam, lora):
-        model = add_lora(model, fam, lora)
-        spied.append(_spy(model.get_base_model(), fam.AUDIO_FEATURE_KEYS))
+    def install_and_spy(model):
+        model = install(model)
+        target = label_only_loss.transformers_model(model)
+        if not getattr(target, "_conformance_spy", False):
+            spied.append(_spy(target, family.AUDIO_FEATURE_KEYS))
+            target._conformance_spy = True
         return model
 
-    monkeypatch.setattr(components, "add_lora", add_lora_and_spy)
+    monkeypatch.setattr(label_only_loss, "install", install_and_spy)
     cfg = load_config(
         [
             "--config", str(REPO / "configs/tiny/grpo.yaml"),
@@ -282,7 +288,7 @@ def test_grpo_two_steps_audio_in_every_forward(family, tiny, prepared, tmp_path,
     )  # fmt: skip
     grpo.main(cfg)
     full = [c for c in spied[0] if c["full"]]
-    assert full, "no forward recorded"
+    assert any(c["scoring"] for c in full) and any(not c["scoring"] for c in full), full
     for c in full:
         for key in family.AUDIO_FEATURE_KEYS:
             assert c[key] == c["rows"], (key, c)

@@ -103,7 +103,8 @@ def spy_on_forward(model: torch.nn.Module, feature_keys: tuple[str, ...]) -> lis
         ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         calls.append(
             {
-                "scoring": bool(kwargs.get("logits_to_keep")),  # log-prob forward (old, ref or policy)
+                # log-prob forward (old, ref or policy); generation may pass logits_to_keep=1 with its cache
+                "scoring": bool(kwargs.get("logits_to_keep")) and not kwargs.get("use_cache"),
                 "grad": torch.is_grad_enabled(),
                 "rows": None if ids is None else ids.shape[0],
                 "prefill": ids is not None and ids.shape[1] > 1,

@@ -161,6 +161,10 @@ def grpo_args(cfg: TrainConfig, reward_weights: list[float], **overrides: Any) -
         max_completion_length=g.max_completion_length,
         reward_weights=reward_weights,
         log_completions=False,  # the completions table is ours (AudioGRPOTrainer.log), W&B rank 0
+        # trl 1.16 turns the MoE load-balancing loss on whenever the text config merely *has*
+        # `output_router_logits` (even False) and a coefficient; our MoE families keep the router
+        # frozen and run with router logits off (models/qwen3_omni_moe.py), so the loss is 0 here.
+        router_aux_loss_coef=0.0,
     )
     merged = {**kwargs, **overrides}
     check_keeps_audio(merged)

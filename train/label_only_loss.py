@@ -23,7 +23,7 @@ The patched forward has three modes:
                              when the Trainer passes it (the model's `accepts_loss_kwargs` decides,
                              exactly as before: see train/sft.py check_loss_scaling).
   - `logits_to_keep=k`    -> logits of the last k positions only (GRPO's log-prob forwards).
-  - neither               -> the model's own forward (generation, evaluation outside training).
+  - neither, or a generation call (a KV cache / use_cache) -> the model's own forward, unchanged.
 """
 
 from __future__ import annotations
@@ -96,9 +96,14 @@ def _make_forward(original: Any, class_forward: Any):
         logits_to_keep: int | None = None,
         **kwargs: Any,
     ) -> Any:
-        if labels is None and not logits_to_keep:
+        # Generation passes a KV cache (and, to models whose forward takes it, logits_to_keep=1):
+        # that is the model's own business, with its cache; only training/scoring calls come here.
+        generating = kwargs.get("past_key_values") is not None or bool(kwargs.get("use_cache"))
+        if labels is None and (not logits_to_keep or generating):
             if num_items_in_batch is not None:
                 kwargs["num_items_in_batch"] = num_items_in_batch
+            if logits_to_keep:  # generate only sends it when the class's forward takes it
+                kwargs["logits_to_keep"] = logits_to_keep
             return original(*args, **kwargs)
         kwargs["use_cache"] = False  # training forwards: no KV cache
         hidden = backbone_hidden_states(self, *args, **kwargs)
