@@ -14,11 +14,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from models import get_family
+from models import get_family, list_families
 from models.inputs import AudioChatCollator
-from train import label_only_loss, sft
+from train import components, label_only_loss, sft
+from train.config import LoraSettings
 
-FIXTURE = {"qwen2_audio": "tiny_qwen2_audio", "qwen2_5_omni": "tiny_qwen2_5_omni"}
 # Answers of different lengths: the rows of a batch carry different label counts.
 ANSWERS = [
     "<think>The second tone is higher.</think>\n<answer>second</answer>",
@@ -48,19 +48,16 @@ def _rows(family, tmp_path: Path) -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module", params=list(FIXTURE))
+@pytest.fixture(scope="module", params=list_families())
 def setup(request, tmp_path_factory) -> tuple:
-    """(family, PEFT model with LoRA + trainable projector, a collated batch of 3 rows)."""
-    from peft import LoraConfig, get_peft_model
-
+    """(family, PEFT model with LoRA + trainable projector, a collated batch of 3 rows), every family."""
     family = get_family(request.param)
-    path = str(request.getfixturevalue(FIXTURE[request.param]))
+    path = str(tmp_path_factory.mktemp(f"tiny-{family.NAME}"))
+    family.make_tiny(path, seed=0, tokenizer="local")
     processor = family.load_processor(path)
     torch.manual_seed(0)
     model = family.load_model(path, dtype="float32", attn_implementation="eager")
-    model = get_peft_model(
-        model, LoraConfig(r=8, lora_alpha=16, modules_to_save=[family.PROJECTOR], **family.LORA_TARGET)
-    )
+    model = components.add_lora(model, family, LoraSettings(r=8, alpha=16, dropout=0.0))
     # LoRA B starts at zero; give it values so that the LoRA path carries gradient everywhere.
     with torch.no_grad():
         for name, p in model.named_parameters():
