@@ -14,11 +14,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from models import get_family
+from models import get_family, list_families
 from models.inputs import AudioChatCollator
-from train import label_only_loss, sft
+from train import components, label_only_loss, sft
+from train.config import LoraSettings
 
-FIXTURE = {"qwen2_audio": "tiny_qwen2_audio", "qwen2_5_omni": "tiny_qwen2_5_omni"}
 # Answers of different lengths: the rows of a batch carry different label counts.
 ANSWERS = [
     "<think>The second tone is higher.</think>\n<answer>second</answer>",
@@ -48,19 +48,16 @@ def _rows(family, tmp_path: Path) -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module", params=list(FIXTURE))
+@pytest.fixture(scope="module", params=list_families())
 def setup(request, tmp_path_factory) -> tuple:
-    """(family, PEFT model with LoRA + trainable projector, a collated batch of 3 rows)."""
-    from peft import LoraConfig, get_peft_model
-
+    """(family, PEFT model with LoRA + trainable projector, a collated batch of 3 rows), every family."""
     family = get_family(request.param)
-    path = str(request.getfixturevalue(FIXTURE[request.param]))
+    path = str(tmp_path_factory.mktemp(f"tiny-{family.NAME}"))
+    family.make_tiny(path, seed=0, tokenizer="local")
     processor = family.load_processor(path)
     torch.manual_seed(0)
     model = family.load_model(path, dtype="float32", attn_implementation="eager")
-    model = get_peft_model(
-        model, LoraConfig(r=8, lora_alpha=16, modules_to_save=[family.PROJECTOR], **family.LORA_TARGET)
-    )
+    model = components.add_lora(model, family, LoraSettings(r=8, alpha=16, dropout=0.0))
     # LoRA B starts at zero; give it values so that the LoRA path carries gradient everywhere.
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -149,30 +146,33 @@ def test_generate_is_unchanged(setup):
 
 def test_trainer_with_gradient_accumulation_matches_full_logits(tiny_qwen2_audio, tmp_path):
     """1 optimizer step of 2 micro-batches (GA 2) of rows with different label counts: the same loss
-    and the same update as a plain Trainer on the model's own full-logits forward."""
+    and the same update as the same trainer on the model's own full-logits forward."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     family = get_family("qwen2_audio")
     processor = family.load_processor(str(tiny_qwen2_audio))
     torch.manual_seed(0)
     base = family.load_model(str(tiny_qwen2_audio), dtype="float32", attn_implementation="eager")
-    model = get_peft_model(
-        base, LoraConfig(r=8, lora_alpha=16, modules_to_save=[family.PROJECTOR], **family.LORA_TARGET)
-    )
-    rows = Dataset.from_list(_rows(family, tmp_path))
+    model = components.add_lora(base, family, LoraSettings(r=8, alpha=16, dropout=0.0))
+    rows = _rows(family, tmp_path)
+    # The recipe's loader reads the per-sample token lengths (length grouping).
+    rows = Dataset.from_list(rows).add_column(components.LENGTH_COLUMN, [100 + i for i in range(len(rows))])
     collator = AudioChatCollator(family, processor, max_length=None)
     results = {}
-    for name, cls in (("reference", Trainer), ("label_only", sft.LabelOnlyLossTrainer)):
+    for name in ("reference", "label_only"):
         args = TrainingArguments(
             output_dir=str(tmp_path / name), max_steps=1, per_device_train_batch_size=2,
             gradient_accumulation_steps=2, learning_rate=1e-2, logging_steps=1, save_strategy="no",
             report_to="none", use_cpu=True, seed=0, data_seed=0, remove_unused_columns=False,
-            train_sampling_strategy="sequential",
         )  # fmt: skip
         run_model = copy.deepcopy(model)
-        trainer = cls(model=run_model, args=args, train_dataset=rows, data_collator=collator)
+        trainer = sft.LabelOnlyLossTrainer(
+            model=run_model, args=args, train_dataset=rows, data_collator=collator
+        )
+        if name == "reference":  # the same trainer, loader and order; only the forward differs
+            label_only_loss.uninstall(run_model)
+        assert label_only_loss.is_installed(run_model) == (name == "label_only")
         trainer.train()
         loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
         weights = {n: p.detach().clone() for n, p in run_model.named_parameters() if p.requires_grad}
