@@ -2,7 +2,7 @@
 
     python -m data_prep.synth --out data/synth --n 2000 --seed 0 [--tasks higher_tone,beep_count]
 
-Writes `<out>/audio/<id>.wav` (16 kHz mono 16-bit PCM, 1.7-3.3 s) and `<out>/meta.jsonl` (the 15 MMAR
+Writes `<out>/audio/<id>.wav` (16 kHz mono 16-bit PCM, 2-3.6 s) and `<out>/meta.jsonl` (the 15 MMAR
 fields plus `group`; `audio_path` is relative to `<out>`). The same seed gives byte-identical files.
 
 This is what the quickstart trains a tiny randomly initialised audio LLM on, so every design choice
@@ -11,8 +11,8 @@ the same option texts for every item of a task, and a short `thinking` made of t
 sentences that state coarse facts (never numbers that would have to be read off the audio).
 
 No shortcuts: every property a question does not ask about is drawn the same way whatever the
-answer. In particular the clip length comes from a fixed per-task range and the sounds sit at a
-random offset in it (so five beeps do not make a longer clip than one), and levels are drawn
+answer. In particular the clip length comes from a fixed per-task range, the sounds start after
+0.1-0.4 s and silence fills the rest (so five beeps do not make a longer clip than one), and levels are drawn
 independently of the answer (tests/test_synth.py checks both per task on 2,000 items). What the
 question asks about necessarily shows in the audio in more ways than one: more beeps also mean
 more sounding time and energy.
@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 SAMPLING_RATE = 16000
 MIN_SECONDS = 1.0
 MAX_SECONDS = 5.0
-MIN_PAD_SECONDS = 0.1  # silence kept before the first and after the last sound of every clip
+MIN_PAD_SECONDS = 0.1  # silence kept after the last sound of every clip
 FADE_SECONDS = 0.01  # raised-cosine ramps: no clicks, so no broadband energy at tone edges
 COUNT_WORDS = ("one", "two", "three", "four", "five")
 ORDINALS = ("first", "second")
@@ -148,16 +148,16 @@ def _sequence(events: Sequence[np.ndarray], gaps: Sequence[float]) -> np.ndarray
 
 
 def _place(rng: np.random.Generator, content: np.ndarray, clip: tuple[float, float]) -> np.ndarray:
-    """`content` at a random offset in a clip whose length is drawn from `clip` (seconds).
+    """`content` after 0.1-0.4 s of silence, then silence up to a length drawn from `clip` (seconds).
 
     The length is drawn from the task's fixed range whatever the answer, so clip duration carries
-    no information about it (before, five beeps made a clip twice as long as one).
+    no information about it (before, five beeps made a clip twice as long as one). The onset stays
+    near the start, as before, so where a sound begins is as easy to learn as it was.
     """
+    lead = _n(rng.uniform(0.1, 0.4))
     total = _n(rng.uniform(*clip))
-    slack = total - len(content) - 2 * _n(MIN_PAD_SECONDS)
-    if slack < 0:  # a scene longer than its task's clip range is a bug in the tables below
+    if lead + len(content) + _n(MIN_PAD_SECONDS) > total:  # a bug in the ranges of SCENES
         raise AssertionError(f"content of {len(content) / SAMPLING_RATE:.2f} s does not fit a {clip} s clip")
-    lead = _n(MIN_PAD_SECONDS) + int(rng.integers(0, slack + 1))
     audio = np.zeros(total)
     audio[lead : lead + len(content)] = content
     return audio
@@ -362,16 +362,16 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 # Scene renderer, number of answer classes (label i is the primary pool's option i) and the range
-# the clip length is drawn from. Each range starts just above the task's longest possible content
-# plus the two pads, so every answer fits every length: duration says nothing about the answer.
+# the clip length is drawn from. Each range starts just above the longest lead (0.4 s) + the task's
+# longest possible content + the tail pad (0.1 s), so every answer fits every length.
 SCENES: dict[str, tuple[Callable[[np.random.Generator, int], Scene], int, tuple[float, float]]] = {
-    "higher_tone": (_scene_higher_tone, 2, (2.1, 2.7)),  # content <= 2 x 0.7 + 0.45 s
-    "beep_count": (_scene_beep_count, 5, (2.35, 2.95)),  # content <= 5 x 0.14 + 4 x 0.35 s
-    "louder": (_scene_louder, 2, (2.1, 2.7)),  # content <= 2 x 0.7 + 0.45 s
-    "longer": (_scene_longer, 2, (2.7, 3.3)),  # content <= 0.45 x (1 + 3.5) + 0.45 s
-    "pitch_sweep": (_scene_pitch_sweep, 2, (1.85, 2.45)),  # content <= 1.6 s
-    "noise_order": (_scene_noise_order, 2, (1.7, 2.3)),  # content <= 0.5 + 0.45 + 0.5 s
-    "triad": (_scene_triad, 2, (2.05, 2.65)),  # content <= 1.8 s
+    "higher_tone": (_scene_higher_tone, 2, (2.4, 3.0)),  # content <= 2 x 0.7 + 0.45 s
+    "beep_count": (_scene_beep_count, 5, (2.65, 3.25)),  # content <= 5 x 0.14 + 4 x 0.35 s
+    "louder": (_scene_louder, 2, (2.4, 3.0)),  # content <= 2 x 0.7 + 0.45 s
+    "longer": (_scene_longer, 2, (3.0, 3.6)),  # content <= 0.45 x (1 + 3.5) + 0.45 s
+    "pitch_sweep": (_scene_pitch_sweep, 2, (2.15, 2.75)),  # content <= 1.6 s
+    "noise_order": (_scene_noise_order, 2, (2.0, 2.6)),  # content <= 0.5 + 0.45 + 0.5 s
+    "triad": (_scene_triad, 2, (2.35, 2.95)),  # content <= 1.8 s
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
