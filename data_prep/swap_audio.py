@@ -2,11 +2,13 @@
 
     python -m data_prep.swap_audio --data data/prepared/latest --out data/prepared-swapped [--seed 0]
 
-Writes a prepared dataset (same layout, manifest.json last) whose `--splits` (default train,val)
+Writes a prepared dataset (same layout, manifest.json last) whose `--splits` (default: train)
 carry mismatched audio: within each pool of samples with the same question text, a seeded random
 cycle hands each sample the clip of the next one, so every sample hears a real clip of its own task
 but from a different scene (a different `group`), and `audio_duration` follows the clip. The text
-(question, options, target) is unchanged; the other splits are copied as they are.
+(question, options, target) is unchanged; the other splits are copied as they are (val too by
+default: it only gives the validation loss, and a 100-item val split can ask a wording only once,
+leaving no other clip to swap in, which is refused rather than patched).
 
 What it is for: training on it teaches the answer format and the question types while the audio
 says nothing about the answer, which gives the quickstart an honest "before" model (it follows
@@ -86,7 +88,7 @@ def swap_split(samples: list[dict], seed: int, key: str = "question") -> tuple[l
     return out, mapping
 
 
-def swap_dataset(data: Path, out: Path, *, seed: int = 0, splits: Sequence[str] = ("train", "val")) -> Path:
+def swap_dataset(data: Path, out: Path, *, seed: int = 0, splits: Sequence[str] = ("train",)) -> Path:
     """Write the swapped copy of prepared dataset `data` to `out` (replaced if it exists)."""
     data, out = Path(data).resolve(), Path(out)
     manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
@@ -122,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--data", type=Path, required=True, help="prepared dataset dir (holds manifest.json)")
     p.add_argument("--out", type=Path, required=True, help="output dir for the swapped dataset")
     p.add_argument("--seed", type=int, default=0, help="seed of the donor cycles")
-    p.add_argument("--splits", default="train,val", help="comma-separated splits to swap; others are copied")
+    p.add_argument("--splits", default="train", help="comma-separated splits to swap; others are copied")
     args = p.parse_args(argv)
     setup_logging()
     splits = [s for s in args.splits.split(",") if s]

@@ -46,7 +46,7 @@ done
 COT="$DATA/cot_v1/latest"
 DIRECT="$DATA/direct_v1/latest"
 
-step "3/8 base data: direct_v1 train/val samples, each with the clip of another scene of its question"
+step "3/8 base data: direct_v1 train samples, each with the clip of another scene of its question"
 run python -m data_prep.swap_audio --data "$DIRECT" --out "$DATA/base-swapped" --seed "$SEED"
 
 step "4/8 tiny random Qwen2-Audio (seed $SEED)"

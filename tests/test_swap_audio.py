@@ -16,8 +16,7 @@ def _audio_paths(sample: dict) -> list[str]:
 
 
 def test_swapped_splits(prepared_synth: Path, tmp_path: Path) -> None:
-    # The fixture's val split is too small (a question asked once); real runs also swap val.
-    out = swap_dataset(prepared_synth, tmp_path / "swapped", seed=0, splits=["train"])
+    out = swap_dataset(prepared_synth, tmp_path / "swapped", seed=0)
     manifest = json.loads((out / "manifest.json").read_text())
     original = json.loads((prepared_synth / "manifest.json").read_text())
     assert manifest["audio_swap"]["source_hash"] == original["hash"] != manifest["hash"]
@@ -60,3 +59,5 @@ def test_refuses_what_it_cannot_swap(prepared_synth: Path, tmp_path: Path) -> No
         donors([samples[0], twin], seed=0)
     with pytest.raises(SwapError, match="no split"):
         main(["--data", str(prepared_synth), "--out", str(tmp_path / "x"), "--splits", "train,dev"])
+    with pytest.raises(SwapError, match="asks it"):  # the fixture's 6-item val split asks a wording once
+        main(["--data", str(prepared_synth), "--out", str(tmp_path / "x"), "--splits", "train,val"])
