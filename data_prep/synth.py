@@ -2,13 +2,20 @@
 
     python -m data_prep.synth --out data/synth --n 2000 --seed 0 [--tasks higher_tone,beep_count]
 
-Writes `<out>/audio/<id>.wav` (16 kHz mono 16-bit PCM, 1-5 s) and `<out>/meta.jsonl` (the 15 MMAR
+Writes `<out>/audio/<id>.wav` (16 kHz mono 16-bit PCM, 2-3.6 s) and `<out>/meta.jsonl` (the 15 MMAR
 fields plus `group`; `audio_path` is relative to `<out>`). The same seed gives byte-identical files.
 
 This is what the quickstart trains a tiny randomly initialised audio LLM on, so every design choice
 serves learnability: clean stimuli with large margins, one or two fixed question templates per task,
 the same option texts for every item of a task, and a short `thinking` made of two template
 sentences that state coarse facts (never numbers that would have to be read off the audio).
+
+No shortcuts: every property a question does not ask about is drawn the same way whatever the
+answer. In particular the clip length comes from a fixed per-task range, the sounds start after
+0.1-0.4 s and silence fills the rest (so five beeps do not make a longer clip than one), and levels are drawn
+independently of the answer (tests/test_synth.py checks both per task on 2,000 items). What the
+question asks about necessarily shows in the audio in more ways than one: more beeps also mean
+more sounding time and energy.
 
 Tasks (layer / sub-category / modality; option texts, the variant's extra options in brackets):
 - higher_tone  Signal Layer / Audio Difference Analysis / sound: two pure tones, one low
@@ -55,6 +62,7 @@ logger = logging.getLogger(__name__)
 SAMPLING_RATE = 16000
 MIN_SECONDS = 1.0
 MAX_SECONDS = 5.0
+MIN_PAD_SECONDS = 0.1  # silence kept after the last sound of every clip
 FADE_SECONDS = 0.01  # raised-cosine ramps: no clicks, so no broadband energy at tone edges
 COUNT_WORDS = ("one", "two", "three", "four", "five")
 ORDINALS = ("first", "second")
@@ -129,17 +137,29 @@ def _noise(rng: np.random.Generator, seconds: float, std: float) -> np.ndarray:
     return _fade(np.clip(rng.normal(0.0, std, _n(seconds)), -0.95, 0.95))
 
 
-def _sequence(rng: np.random.Generator, events: Sequence[np.ndarray], gaps: Sequence[float]) -> np.ndarray:
-    """Events separated by silent `gaps`, with random lead/tail silence; padded to >= MIN_SECONDS."""
-    parts = [np.zeros(_n(rng.uniform(0.1, 0.4)))]
+def _sequence(events: Sequence[np.ndarray], gaps: Sequence[float]) -> np.ndarray:
+    """Events separated by silent `gaps`: a scene's sounding content, without lead or tail silence."""
+    parts = []
     for i, event in enumerate(events):
         if i:
             parts.append(np.zeros(_n(gaps[i - 1])))
         parts.append(event)
-    parts.append(np.zeros(_n(rng.uniform(0.1, 0.4))))
-    audio = np.concatenate(parts)
-    if len(audio) < _n(MIN_SECONDS):
-        audio = np.pad(audio, (0, _n(MIN_SECONDS) - len(audio)))
+    return np.concatenate(parts)
+
+
+def _place(rng: np.random.Generator, content: np.ndarray, clip: tuple[float, float]) -> np.ndarray:
+    """`content` after 0.1-0.4 s of silence, then silence up to a length drawn from `clip` (seconds).
+
+    The length is drawn from the task's fixed range whatever the answer, so clip duration carries
+    no information about it (before, five beeps made a clip twice as long as one). The onset stays
+    near the start, as before, so where a sound begins is as easy to learn as it was.
+    """
+    lead = _n(rng.uniform(0.1, 0.4))
+    total = _n(rng.uniform(*clip))
+    if lead + len(content) + _n(MIN_PAD_SECONDS) > total:  # a bug in the ranges of SCENES
+        raise AssertionError(f"content of {len(content) / SAMPLING_RATE:.2f} s does not fit a {clip} s clip")
+    audio = np.zeros(total)
+    audio[lead : lead + len(content)] = content
     return audio
 
 
@@ -157,7 +177,7 @@ def _scene_higher_tone(rng: np.random.Generator, label: int) -> Scene:
     low_f, high_f = _log_uniform(rng, 200, 400), _log_uniform(rng, 800, 1600)
     seconds, amp = rng.uniform(0.4, 0.7), rng.uniform(0.3, 0.6)
     freqs = [low_f, high_f] if high == 1 else [high_f, low_f]
-    audio = _sequence(rng, [_tone(f, seconds, amp) for f in freqs], [rng.uniform(0.25, 0.45)])
+    audio = _sequence([_tone(f, seconds, amp) for f in freqs], [rng.uniform(0.25, 0.45)])
     levels = ["high" if i == high else "low" for i in range(2)]
     return Scene(
         audio=audio,
@@ -172,7 +192,7 @@ def _scene_beep_count(rng: np.random.Generator, label: int) -> Scene:
     count = label + 1
     freq, amp = _log_uniform(rng, 500, 1500), rng.uniform(0.3, 0.6)
     beeps = [_tone(freq, rng.uniform(0.08, 0.14), amp) for _ in range(count)]
-    audio = _sequence(rng, beeps, rng.uniform(0.2, 0.35, size=count - 1))
+    audio = _sequence(beeps, rng.uniform(0.2, 0.35, size=count - 1))
     word = COUNT_WORDS[count - 1]
     noun = "beep" if count == 1 else "beeps"
     return Scene(
@@ -189,7 +209,7 @@ def _scene_louder(rng: np.random.Generator, label: int) -> Scene:
     loud_amp = rng.uniform(0.4, 0.7)
     quiet_amp = loud_amp * 10 ** (-rng.uniform(14, 24) / 20)
     amps = [loud_amp, quiet_amp] if loud == 0 else [quiet_amp, loud_amp]
-    audio = _sequence(rng, [_tone(freq, seconds, a) for a in amps], [rng.uniform(0.25, 0.45)])
+    audio = _sequence([_tone(freq, seconds, a) for a in amps], [rng.uniform(0.25, 0.45)])
     levels = ["loud" if i == loud else "quiet" for i in range(2)]
     return Scene(
         audio=audio,
@@ -206,7 +226,7 @@ def _scene_longer(rng: np.random.Generator, label: int) -> Scene:
     short_s = rng.uniform(0.25, 0.45)
     long_s = short_s * rng.uniform(2.5, 3.5)
     durations = [short_s, long_s] if long == 1 else [long_s, short_s]
-    audio = _sequence(rng, [_tone(freq, s, amp) for s in durations], [rng.uniform(0.25, 0.45)])
+    audio = _sequence([_tone(freq, s, amp) for s in durations], [rng.uniform(0.25, 0.45)])
     lengths = ["long" if i == long else "short" for i in range(2)]
     return Scene(
         audio=audio,
@@ -222,7 +242,7 @@ def _scene_pitch_sweep(rng: np.random.Generator, label: int) -> Scene:
     low_f, high_f = _log_uniform(rng, 200, 400), _log_uniform(rng, 1000, 2000)
     start, end = (low_f, high_f) if rising else (high_f, low_f)
     sweep = _sweep(start, end, rng.uniform(0.8, 1.6), rng.uniform(0.3, 0.6))
-    audio = _sequence(rng, [sweep], [])
+    audio = _sequence([sweep], [])
     first, last = ("low", "high") if rising else ("high", "low")
     answer = "rising" if rising else "falling"
     return Scene(
@@ -238,7 +258,7 @@ def _scene_noise_order(rng: np.random.Generator, label: int) -> Scene:
     tone = _tone(_log_uniform(rng, 400, 1000), rng.uniform(0.3, 0.5), rng.uniform(0.3, 0.5))
     noise = _noise(rng, rng.uniform(0.3, 0.5), rng.uniform(0.12, 0.18))
     events = [noise, tone] if noise_first else [tone, noise]
-    audio = _sequence(rng, events, [rng.uniform(0.25, 0.45)])
+    audio = _sequence(events, [rng.uniform(0.25, 0.45)])
     first, second = ("noise burst", "tone") if noise_first else ("tone", "noise burst")
     answer = "before the tone" if noise_first else "after the tone"
     return Scene(
@@ -261,7 +281,7 @@ def _scene_triad(rng: np.random.Generator, label: int) -> Scene:
     root = TRIAD_ROOTS_HZ[int(rng.integers(len(TRIAD_ROOTS_HZ)))]
     semitones = (0, 4 if major else 3, 7)
     chord = _chord([root * 2 ** (s / 12) for s in semitones], rng.uniform(1.0, 1.8), rng.uniform(0.15, 0.25))
-    audio = _sequence(rng, [chord], [])
+    audio = _sequence([chord], [])
     quality, interval = ("major", "a major third") if major else ("minor", "a minor third")
     return Scene(
         audio=audio,
@@ -341,15 +361,17 @@ TASKS: dict[str, TaskSpec] = {
     ),
 }
 
-# Scene renderer and number of answer classes (label i is the primary pool's option i).
-SCENES: dict[str, tuple[Callable[[np.random.Generator, int], Scene], int]] = {
-    "higher_tone": (_scene_higher_tone, 2),
-    "beep_count": (_scene_beep_count, 5),
-    "louder": (_scene_louder, 2),
-    "longer": (_scene_longer, 2),
-    "pitch_sweep": (_scene_pitch_sweep, 2),
-    "noise_order": (_scene_noise_order, 2),
-    "triad": (_scene_triad, 2),
+# Scene renderer, number of answer classes (label i is the primary pool's option i) and the range
+# the clip length is drawn from. Each range starts just above the longest lead (0.4 s) + the task's
+# longest possible content + the tail pad (0.1 s), so every answer fits every length.
+SCENES: dict[str, tuple[Callable[[np.random.Generator, int], Scene], int, tuple[float, float]]] = {
+    "higher_tone": (_scene_higher_tone, 2, (2.4, 3.0)),  # content <= 2 x 0.7 + 0.45 s
+    "beep_count": (_scene_beep_count, 5, (2.65, 3.25)),  # content <= 5 x 0.14 + 4 x 0.35 s
+    "louder": (_scene_louder, 2, (2.4, 3.0)),  # content <= 2 x 0.7 + 0.45 s
+    "longer": (_scene_longer, 2, (3.0, 3.6)),  # content <= 0.45 x (1 + 3.5) + 0.45 s
+    "pitch_sweep": (_scene_pitch_sweep, 2, (2.15, 2.75)),  # content <= 1.6 s
+    "noise_order": (_scene_noise_order, 2, (2.0, 2.6)),  # content <= 0.5 + 0.45 + 0.5 s
+    "triad": (_scene_triad, 2, (2.35, 2.95)),  # content <= 1.8 s
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
@@ -424,10 +446,11 @@ def scene_items(
     The scene's RNG is seeded from (seed, index) alone, so any scene can be regenerated on its own.
     Both items share the group `synth-<index>` and the same audio.
     """
-    render, n_labels = SCENES[task]
+    render, n_labels, clip = SCENES[task]
     spec = TASKS[task]
     rng = np.random.default_rng([seed, 0, index])
     scene = render(rng, label)
+    scene.audio = _place(rng, scene.audio, clip)
     seconds = len(scene.audio) / SAMPLING_RATE
     # Cheap guards on the construction itself; tests/test_synth.py checks the audio independently.
     assert 0 <= label < n_labels and scene.answer == spec.primary.pool[label], (task, label, scene.answer)

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import find_peaks, hilbert
 
-from data_prep.synth import TASK_NAMES, generate, main
+from data_prep.synth import SCENES, TASK_NAMES, TASKS, generate, main
 
 SR = 16000
 MMAR_FIELDS = {
@@ -199,6 +199,40 @@ def test_answers_verified_from_audio(synth_dir: Path) -> None:
         assert _measured_answer(task, _load(synth_dir, r)) == r["answer"], r["id"]
         checked[task] += 1
     assert set(checked) == set(TASK_NAMES) and min(checked.values()) >= 10
+
+
+@pytest.fixture(scope="module")
+def big_synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth2000")
+    generate(out, n=2000, seed=0, variant_rate=0.0)  # one item per scene: no clip counted twice
+    return out
+
+
+def _answer_index(task: str, answer: str) -> int:
+    """The answer's class in the task's fixed option order (beep_count: the number of beeps - 1)."""
+    return TASKS[task].primary.pool.index(answer)
+
+
+def test_duration_and_loudness_say_nothing_about_the_answer(big_synth: Path) -> None:
+    """Per task, neither the clip length nor its peak level correlates with the answer class.
+
+    Under independence r is about N(0, 1/sqrt(n)) with n ~ 285 items per task (sd 0.06); 0.15 is
+    2.5 sd. Before the fix, beep_count had r = +0.94 between duration and the number of beeps.
+    """
+    by_task: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+    for r in _rows(big_synth):
+        x = _load(big_synth, r)
+        by_task[_task(r)].append((_answer_index(_task(r), r["answer"]), len(x) / SR, float(np.abs(x).max())))
+    assert set(by_task) == set(TASK_NAMES)
+    for task, values in by_task.items():
+        label, seconds, peak = (np.array(v) for v in zip(*values))
+        assert len(label) >= 250 and len(set(label.tolist())) == SCENES[task][1], task
+        for name, prop in (("duration", seconds), ("peak level", peak)):
+            r = np.corrcoef(label, prop)[0, 1]
+            assert abs(r) < 0.15, f"{task}: {name} correlates with the answer (r={r:+.2f})"
+        # A coarser check than r, for a non-linear link: the mean duration per answer class.
+        means = [seconds[label == k].mean() for k in range(SCENES[task][1])]
+        assert max(means) - min(means) < 0.1, f"{task}: mean duration per answer {means}"
 
 
 def test_deterministic_by_seed(tmp_path: Path) -> None:
