@@ -30,4 +30,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf runs data/synth
+	rm -rf runs data/synth data/quickstart-seed*
