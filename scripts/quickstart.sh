@@ -21,7 +21,7 @@ DATA=${DATA:-data/quickstart-seed$SEED}
 MODEL=${MODEL:-runs/models/tiny-qwen2-audio-seed$SEED}
 N_ITEMS=${N_ITEMS:-2000}
 BASE_STEPS=${BASE_STEPS:-600}
-LORA_STEPS=${LORA_STEPS:-2000}
+LORA_STEPS=${LORA_STEPS:-4000}
 EVAL_ARGS=(--split test --batch_size 32 --max_new_tokens 64 --seed "$SEED")
 
 export WANDB_MODE=${WANDB_MODE:-offline} WANDB_SILENT=true
