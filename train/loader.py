@@ -67,6 +67,19 @@ class EpochSeededSampler(Sampler[int]):
         return iter(self.order(int(self.epoch_of() or 0)))
 
 
+def share_batches_by_file_name() -> None:
+    """Workers hand their batch tensors over as named shared-memory files instead of file descriptors.
+
+    With torch's default `file_descriptor` strategy every tensor of a batch costs the training loop a
+    socket handshake with the worker (resource_sharer, HMAC challenge) when it is unpickled: measured
+    with cProfile in bench.data_stall, ~0.5 ms a tensor, 5 tensors a batch, i.e. 2.5-3 ms of a 45 ms
+    step (stall_frac 0.065). `file_system` opens the segment by name: 1.4 ms (0.033). torch's
+    shm manager removes the files when the processes exit, killed ones included. Process-wide: workers
+    fork from this process and inherit it.
+    """
+    torch.multiprocessing.set_sharing_strategy("file_system")
+
+
 def resumable_train_dataloader(trainer: Any, length_column: str) -> DataLoader:
     """The training loader for a transformers Trainer, with a resume-exact sample order.
 
@@ -85,6 +98,8 @@ def resumable_train_dataloader(trainer: Any, length_column: str) -> DataLoader:
         group_by_length=args.train_sampling_strategy == "group_by_length",
     )
     workers = args.dataloader_num_workers
+    if workers > 0:
+        share_batches_by_file_name()
     loader = DataLoader(
         dataset,
         batch_size=trainer._train_batch_size,
