@@ -6,6 +6,8 @@ helpers (special tokens, tokenizer building, ChatML stop tokens) are in `models/
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -100,3 +102,32 @@ def pooled_whisper_tokens(feature_extractor: Any, n_samples: int) -> int:
     """
     frames = min(-(-int(n_samples) // feature_extractor.hop_length), feature_extractor.nb_max_frames)
     return ((frames - 1) // 2 + 1 - 2) // 2 + 1
+
+
+def save_tiny(
+    out_dir: Any,
+    *,
+    seed: int,
+    family: Any,
+    build_processor: Callable[[Path], Any],
+    build_model: Callable[[Any], Any],
+) -> None:
+    """Write a randomly initialised tiny model + processor to `out_dir` and load it back through the
+    family's `load_model`/`load_processor`, the code path a real checkpoint takes.
+
+    `build_processor(out_dir)` may leave its tokenizer sources in `out_dir/_tokenizer_src` (removed
+    here); `build_model(processor)` is called right after seeding, so the weights depend on `seed` only.
+    """
+    import shutil
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor = build_processor(out_dir)
+    seed_everything(seed)
+    model = build_model(processor)
+    model.generation_config = family.generation_config(processor.tokenizer)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    shutil.rmtree(out_dir / "_tokenizer_src", ignore_errors=True)
+    family.load_model(str(out_dir), dtype="float32")
+    family.load_processor(str(out_dir))

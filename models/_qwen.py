@@ -158,3 +158,41 @@ def generation_config_for(tokenizer: Any) -> Any:
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     return GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=eot, do_sample=False)
+
+
+def audio_only_omni_processor(
+    base: type, name: str, module: str, tokens: dict[str, str], *, pad_to_hop: bool = False
+) -> type:
+    """A subclass `name` of the Omni processor `base` with only a feature extractor and a tokenizer.
+
+    The stock Omni processors take image and video processors positionally, and building those
+    needs torchvision, whose only build here is CUDA-only and breaks transformers' model imports.
+    ProcessorMixin derives the sub-processors from the `__init__` signature, so this one has two.
+    `tokens` fills the processor's special-token attributes the tokenizer does not carry.
+    `pad_to_hop`: pad each batch to a multiple of the hop length, so a clip's mask is ceil(n / hop)
+    frames whatever its neighbours (Qwen3-Omni's stock processor gave one 16,080-sample clip 13 or
+    14 audio tokens depending on the batch).
+    """
+
+    def __init__(self, feature_extractor=None, tokenizer=None, chat_template=None):
+        # Skip base.__init__ (it takes the image/video processors positionally).
+        super(base, self).__init__(feature_extractor, tokenizer, chat_template=chat_template)
+        for attr, default in tokens.items():
+            setattr(self, attr, getattr(self.tokenizer, attr, None) or default)
+        self.audio_token_id = self.tokenizer.convert_tokens_to_ids(self.audio_token)
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = self.tokenizer.convert_tokens_to_ids(self.video_token)
+
+    def _process_audio(self, audio, **kwargs):
+        kwargs["pad_to_multiple_of"] = self.feature_extractor.hop_length
+        return base._process_audio(self, audio, **kwargs)
+
+    def model_input_names(self) -> list[str]:
+        names = self.tokenizer.model_input_names + self.feature_extractor.model_input_names
+        return list(dict.fromkeys([*names, "feature_attention_mask"]))
+
+    namespace = {"__init__": __init__, "model_input_names": property(model_input_names), "__module__": module}
+    if pad_to_hop:
+        namespace["_process_audio"] = _process_audio
+    namespace["__doc__"] = f"{base.__name__} for audio + text only (models._qwen.audio_only_omni_processor)."
+    return type(name, (base,), namespace)

@@ -171,7 +171,7 @@ def encode(
     return out
 
 
-def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
+def _tiny_processor(out_dir: Path, tokenizer_source: str, window_seconds: int) -> Any:
     from transformers import AudioFlamingo3Processor, WhisperFeatureExtractor
 
     tokenizer = _qwen.build_qwen2_tokenizer(out_dir / "_tokenizer_src", TINY_SPECIALS, {}, tokenizer_source)
@@ -180,7 +180,7 @@ def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
         sampling_rate=SAMPLING_RATE,
         hop_length=160,
         n_fft=400,
-        chunk_length=TINY_WINDOW_SECONDS,
+        chunk_length=window_seconds,
         padding_value=0.0,
         return_attention_mask=True,
     )
@@ -192,7 +192,7 @@ def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
     )
 
 
-def tiny_config(tokenizer: Any) -> Any:
+def tiny_config(tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS) -> Any:
     """A 2-layer, 64-wide AF3 config whose special-token ids come from `tokenizer`."""
     from transformers import AudioFlamingo3Config
 
@@ -213,7 +213,7 @@ def tiny_config(tokenizer: Any) -> Any:
     audio = {
         "model_type": "audioflamingo3_encoder",
         "num_mel_bins": 128,
-        "max_source_positions": TINY_WINDOW_SECONDS * 50,
+        "max_source_positions": window_seconds * 50,
         **TINY_AUDIO,
     }
     return AudioFlamingo3Config(audio_config=audio, text_config=text, audio_token_id=ids(AUDIO_PLACEHOLDER))
@@ -238,21 +238,24 @@ def published_config() -> Any:
     return AudioFlamingo3Config(text_config=text, audio_token_id=151669)
 
 
-def make_tiny(out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto") -> None:
+def make_tiny(
+    out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto", window_seconds: int | None = None
+) -> None:
     """Save a randomly initialised tiny AF3 + processor to `out_dir`, then reload it through
-    `load_model`/`load_processor` as a check."""
-    import shutil
+    `load_model`/`load_processor` as a check.
+
+    `window_seconds` (default TINY_WINDOW_SECONDS) is the longest clip the tiny model hears."""
+    import sys
 
     from transformers import AudioFlamingo3ForConditionalGeneration
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    processor = _tiny_processor(out_dir, tokenizer)
-    _common.seed_everything(seed)
-    model = AudioFlamingo3ForConditionalGeneration(tiny_config(processor.tokenizer))
-    model.generation_config = generation_config(processor.tokenizer)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-    shutil.rmtree(out_dir / "_tokenizer_src")
-    load_model(str(out_dir), dtype="float32")
-    load_processor(str(out_dir))
+    window = window_seconds or TINY_WINDOW_SECONDS
+    _common.save_tiny(
+        out_dir,
+        seed=seed,
+        family=sys.modules[__name__],
+        build_processor=lambda folder: _tiny_processor(folder, tokenizer, window),
+        build_model=lambda processor: AudioFlamingo3ForConditionalGeneration(
+            tiny_config(processor.tokenizer, window)
+        ),
+    )

@@ -53,7 +53,9 @@ class AudioLMFamily(Protocol):
 
     def generation_config(self, tokenizer: Any) -> Any: ...
 
-    def make_tiny(self, out_dir: Any, *, seed: int = 0, tokenizer: str = "auto") -> None: ...
+    def make_tiny(
+        self, out_dir: Any, *, seed: int = 0, tokenizer: str = "auto", window_seconds: int | None = None
+    ) -> None: ...
 
     # The flagship checkpoint's config (sizes only, no weights): memory and throughput estimates
     # build the real architecture on the meta device from it, without a download.

@@ -102,32 +102,12 @@ def processor_class() -> type:
     Built lazily so importing this module stays free of transformers.
     """
     global _PROCESSOR_CLASS
-    if _PROCESSOR_CLASS is not None:
-        return _PROCESSOR_CLASS
-    from transformers import Qwen2_5OmniProcessor
+    if _PROCESSOR_CLASS is None:
+        from transformers import Qwen2_5OmniProcessor
 
-    class Qwen2_5OmniAudioProcessor(Qwen2_5OmniProcessor):
-        """Audio + text only. ProcessorMixin derives its sub-processors from this signature."""
-
-        def __init__(self, feature_extractor=None, tokenizer=None, chat_template=None):
-            # Skip Qwen2_5OmniProcessor.__init__ (it passes image/video processors positionally).
-            super(Qwen2_5OmniProcessor, self).__init__(
-                feature_extractor, tokenizer, chat_template=chat_template
-            )
-            tok = self.tokenizer
-            for attr, default in OMNI_TOKENS.items():
-                setattr(self, attr, getattr(tok, attr, None) or default)
-            self.audio_token_id = tok.convert_tokens_to_ids(self.audio_token)
-            self.image_token_id = tok.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tok.convert_tokens_to_ids(self.video_token)
-
-        @property
-        def model_input_names(self) -> list[str]:
-            names = self.tokenizer.model_input_names + self.feature_extractor.model_input_names
-            return list(dict.fromkeys([*names, "feature_attention_mask"]))
-
-    Qwen2_5OmniAudioProcessor.__module__ = __name__
-    _PROCESSOR_CLASS = Qwen2_5OmniAudioProcessor
+        _PROCESSOR_CLASS = _qwen.audio_only_omni_processor(
+            Qwen2_5OmniProcessor, "Qwen2_5OmniAudioProcessor", __name__, OMNI_TOKENS
+        )
     return _PROCESSOR_CLASS
 
 
@@ -220,7 +200,7 @@ def encode(
     return dict(processor(**kwargs))
 
 
-def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
+def _tiny_processor(out_dir: Path, tokenizer_source: str, window_seconds: int) -> Any:
     from transformers import WhisperFeatureExtractor
 
     tokenizer = _qwen.build_qwen2_tokenizer(
@@ -231,7 +211,7 @@ def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
         sampling_rate=SAMPLING_RATE,
         hop_length=160,
         n_fft=400,
-        chunk_length=TINY_WINDOW_SECONDS,
+        chunk_length=window_seconds,
         padding_value=0.0,
         return_attention_mask=True,
     )
@@ -294,24 +274,28 @@ def _mrope(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def make_tiny(out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto") -> None:
+def make_tiny(
+    out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto", window_seconds: int | None = None
+) -> None:
     """Save a randomly initialised tiny Omni thinker + processor to `out_dir`, then reload it through
-    `load_model`/`load_processor` as a check."""
-    import shutil
+    `load_model`/`load_processor` as a check.
+
+    `window_seconds` (default TINY_WINDOW_SECONDS) is the longest clip the tiny model hears (the
+    extractor's length; the encoder works in chunks, so its config does not change)."""
+    import sys
 
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    processor = _tiny_processor(out_dir, tokenizer)
-    _common.seed_everything(seed)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_config(processor.tokenizer))
-    model.generation_config = generation_config(processor.tokenizer)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-    shutil.rmtree(out_dir / "_tokenizer_src")
-    load_model(str(out_dir), dtype="float32")
-    load_processor(str(out_dir))
+    window = window_seconds or TINY_WINDOW_SECONDS
+    _common.save_tiny(
+        out_dir,
+        seed=seed,
+        family=sys.modules[__name__],
+        build_processor=lambda folder: _tiny_processor(folder, tokenizer, window),
+        build_model=lambda processor: Qwen2_5OmniThinkerForConditionalGeneration(
+            tiny_config(processor.tokenizer)
+        ),
+    )
 
 
 def published_config() -> Any:

@@ -142,7 +142,7 @@ def encode(
     return dict(processor(**kwargs))
 
 
-def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
+def _tiny_processor(out_dir: Path, tokenizer_source: str, window_seconds: int) -> Any:
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
     tokenizer = _qwen.build_qwen2_tokenizer(
@@ -153,7 +153,7 @@ def _tiny_processor(out_dir: Path, tokenizer_source: str = "auto") -> Any:
         sampling_rate=SAMPLING_RATE,
         hop_length=160,
         n_fft=400,
-        chunk_length=TINY_WINDOW_SECONDS,
+        chunk_length=window_seconds,
         padding_value=0.0,
         return_attention_mask=True,
     )
@@ -186,24 +186,27 @@ def tiny_config(tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS) -> An
     )
 
 
-def make_tiny(out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto") -> None:
+def make_tiny(
+    out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto", window_seconds: int | None = None
+) -> None:
     """Save a randomly initialised tiny Qwen2-Audio + processor to `out_dir`, then reload it through
-    `load_model`/`load_processor` as a check."""
-    import shutil
+    `load_model`/`load_processor` as a check.
+
+    `window_seconds` (default TINY_WINDOW_SECONDS) is the longest clip the tiny model hears."""
+    import sys
 
     from transformers import Qwen2AudioForConditionalGeneration
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    processor = _tiny_processor(out_dir, tokenizer)
-    _common.seed_everything(seed)
-    model = Qwen2AudioForConditionalGeneration(tiny_config(processor.tokenizer))
-    model.generation_config = generation_config(processor.tokenizer)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-    shutil.rmtree(out_dir / "_tokenizer_src")
-    load_model(str(out_dir), dtype="float32")
-    load_processor(str(out_dir))
+    window = window_seconds or TINY_WINDOW_SECONDS
+    _common.save_tiny(
+        out_dir,
+        seed=seed,
+        family=sys.modules[__name__],
+        build_processor=lambda folder: _tiny_processor(folder, tokenizer, window),
+        build_model=lambda processor: Qwen2AudioForConditionalGeneration(
+            tiny_config(processor.tokenizer, window)
+        ),
+    )
 
 
 # Qwen/Qwen2-Audio-7B-Instruct's config.json (sizes the file leaves out are Qwen2Config's defaults:

@@ -2,6 +2,7 @@
 
     python -m scripts.make_tiny_model --family qwen2_audio --out runs/models/tiny-qwen2-audio [--seed 0]
     python -m scripts.make_tiny_model --family qwen2_5_omni --out runs/models/tiny-qwen2.5-omni
+    python -m scripts.make_tiny_model --family qwen2_audio --out /tmp/tiny --window_seconds 4
 
 The folder is written with `save_pretrained` and loaded back through the family's `load_model` /
 `load_processor`, the code path a real checkpoint takes. Uses the real Qwen2 tokenizer when
@@ -32,9 +33,16 @@ def main(argv: list[str] | None = None) -> None:
         default="auto",
         help="qwen2 = real Qwen2 files from ../shared; local = small BPE trained here; auto = qwen2 if present",
     )
+    parser.add_argument(
+        "--window_seconds",
+        type=int,
+        default=None,
+        help="longest clip the model hears (default: the family's tiny window); shorter is cheaper on CPU",
+    )
     args = parser.parse_args(argv)
     setup_logging()
-    get_family(args.family).make_tiny(args.out, seed=args.seed, tokenizer=args.tokenizer)
+    family = get_family(args.family)
+    family.make_tiny(args.out, seed=args.seed, tokenizer=args.tokenizer, window_seconds=args.window_seconds)
     logger.info("tiny %s model written to %s", args.family, args.out)
 
 

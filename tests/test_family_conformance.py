@@ -175,6 +175,23 @@ def test_collate_labels_are_the_assistant_turn_and_audio_counts_match(family, ti
     assert torch.isfinite(out.loss)
 
 
+def test_make_tiny_window_seconds_sets_the_longest_clip(name, family, rows, tmp_path):
+    """`--window_seconds 5`: the processor cuts at 5 s and the model still takes a whole batch."""
+    from models.inputs import AudioChatCollator
+
+    out = tmp_path / "tiny-5s"
+    _run(
+        [sys.executable, "-m", "scripts.make_tiny_model", "--family", name, "--out", str(out),
+         "--tokenizer", "local", "--window_seconds", "5"]
+    )  # fmt: skip
+    processor = family.load_processor(str(out))
+    assert family.max_audio_seconds(processor) == 5.0
+    batch = AudioChatCollator(family, processor, max_length=None)(rows)
+    model = family.load_model(str(out), dtype="float32")
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+
+
 def test_lora_hits_only_llm_linears_encoder_and_frozen_stay(family, tiny):
     from train.components import add_lora
     from train.config import LoraSettings
