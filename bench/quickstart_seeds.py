@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from scripts.check_quickstart import check
 def run_seed(seed: int, root: Path) -> dict:
     out = root / f"seed{seed}"
     env = dict(os.environ, SEED=str(seed), OUT=str(out), DATA=str(root / f"data-seed{seed}"))
+    # The script calls `python`: make it this interpreter (the venv's), not whatever PATH has first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     start = time.time()
     log = root / f"seed{seed}.log"
     with open(log, "w") as f:
