@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 
 from models import family_of, get_family
 from models.interface import check_family
@@ -34,18 +33,6 @@ from models.interface import check_family
 FAMILIES = ["qwen2_audio", "qwen2_5_omni", "qwen3_omni_moe", "audio_flamingo3"]
 REPO = Path(__file__).resolve().parent.parent
 IGNORE = -100
-
-
-def _free_port() -> int:
-    for _ in range(100):
-        port = random.randint(20000, 29999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-29999")
 
 
 def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -120,7 +107,7 @@ def zero2_run(name, tiny, prepared, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp(f"conf-run-{name}") / "run"
     _run(
         [
-            str(Path(sys.executable).parent / "deepspeed"), "--master_port", str(_free_port()), "--num_gpus", "2",
+            str(Path(sys.executable).parent / "deepspeed"), "--master_port", str(free_port()), "--num_gpus", "2",
             "train.py", "--config", "configs/tiny/cpu.yaml",
             "--model_name_or_path", str(tiny), "--dataset_dir", str(prepared), "--output_dir", str(out),
             "--max_steps", "2", "--save_steps", "100", "--eval_steps", "100", "--max_val_samples", "2",

@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 from safetensors.torch import load_file
 
 from common.config import config_from_dict
@@ -389,12 +389,6 @@ def test_accuracy_reward_rises_when_one_answer_is_always_right(
     assert last > first + 0.2, acc
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_deepspeed_two_ranks(tiny_qwen2_audio_fast, prepared_synth, tmp_path):
     """`deepspeed train.py --config configs/tiny/grpo.yaml` with 2 CPU ranks, as a user runs it."""
@@ -404,7 +398,7 @@ def test_deepspeed_two_ranks(tiny_qwen2_audio_fast, prepared_synth, tmp_path):
         "--num_gpus",
         "2",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "train.py",
         "--config",
         "configs/tiny/grpo.yaml",

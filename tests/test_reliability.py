@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CODE_DIRS = ("common", "data_prep", "train", "eval", "scripts", "bench")
@@ -243,12 +243,6 @@ def test_eval_killed_midway_then_rerun_equals_uninterrupted(tiny_qwen2_audio_fas
 # -- training killed from outside, resumed --------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # 16 samples / (2 ranks x batch 2) = 4 steps an epoch: 12 steps are 3 epochs, and checkpoint-6 is
 # in the middle of the second, so a resume from it starts inside epoch 1 and crosses into epoch 2.
 STEPS, SAVE_STEPS, STEPS_PER_EPOCH = 12, 6, 4
@@ -262,7 +256,7 @@ def _train_cmd(model: Path, data: Path, out: Path, **extra: object) -> list[str]
         "dataloader_num_workers": 2, **extra,
     }  # fmt: skip
     deepspeed = str(Path(sys.executable).parent / "deepspeed")
-    cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(_free_port()), "train.py"]
+    cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(free_port()), "train.py"]
     cmd += ["--config", "configs/tiny/cpu.yaml"]  # ZeRO-2 (configs/deepspeed/zero2.json), fp32
     for key, value in flags.items():
         cmd += [f"--{key}", str(value)]

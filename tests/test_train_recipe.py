@@ -13,34 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    """A free port below Linux's ephemeral range (32768+), where outgoing connections on a busy
-    machine cannot grab it between this check and the rank binding it."""
-    for _ in range(100):
-        port = random.randint(20000, 29999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-29999")
 
 
 def _subset(prepared: Path, out: Path, train_rows: list[dict], val_rows: list[dict] | None = None) -> Path:
@@ -86,7 +71,7 @@ def _argv(model: Path, data: Path, out: Path, **overrides) -> list[str]:
 def _launch(argv: list[str], *, ranks: int, env: dict | None = None, timeout: int = 600):
     """`deepspeed --num_gpus N train.py ...` (ranks > 0) or `python train.py ...` (ranks == 0)."""
     if ranks:
-        cmd = [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(_free_port()), "train.py", *argv]
+        cmd = [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), "train.py", *argv]
     else:
         cmd = [sys.executable, "train.py", *argv]
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}

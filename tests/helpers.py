@@ -1,0 +1,20 @@
+"""Plain helpers the test modules share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+
+def free_port() -> int:
+    """A free port below Linux's ephemeral range (32768+), where outgoing connections on a busy
+    machine cannot grab it between this check and the rank binding it."""
+    for _ in range(100):
+        port = random.randint(20000, 29999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-29999")
