@@ -137,6 +137,7 @@ def generate_batch(model: Any, processor: Any, family: Any, rows: list[dict], cf
     """Greedy answers for one batch: [{"output", "n_prompt_tokens", "n_new_tokens", "truncated"}]."""
     import torch
 
+    from models.generation import last_position_logits
     from models.inputs import encode_prompts
 
     # The noise of `--audio noise` is seeded per (seed, row id), so batching and resuming keep it.
@@ -146,7 +147,7 @@ def generate_batch(model: Any, processor: Any, family: Any, rows: list[dict], cf
     device = next(model.parameters()).device
     inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
     gen = _generation_config(model, processor, cfg.max_new_tokens)
-    with torch.inference_mode():
+    with torch.inference_mode(), last_position_logits(model):
         out = model.generate(**inputs, generation_config=gen)
     prompt_len = inputs["input_ids"].shape[1]
     new = out[:, prompt_len:].tolist()

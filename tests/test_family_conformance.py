@@ -239,6 +239,30 @@ def test_eval_batched_equals_one_at_a_time(family, tiny, prepared, zero2_run):
     assert outputs[4] == outputs[1]
 
 
+def test_generation_with_last_position_logits_gives_the_same_tokens(family, tiny, rows):
+    """eval.run's generate under `last_position_logits`: the head only ever sees one position per
+    row, and the greedy tokens are those of the model's own full-logits prefill."""
+    from models.generation import last_position_logits
+    from models.inputs import encode_prompts
+
+    model = family.load_model(str(tiny), dtype="float32")
+    processor = family.load_processor(str(tiny))
+    inputs = encode_prompts(family, processor, rows, audio_mode="real", seed=0)
+    gen = dict(max_new_tokens=6, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    logits_shapes: list[tuple] = []
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, out: logits_shapes.append(tuple(out.shape)))
+    with torch.no_grad():
+        full = model.generate(**inputs, **gen)
+        logits_shapes.clear()
+        with last_position_logits(model):
+            last = model.generate(**inputs, **gen)
+    hook.remove()
+    assert torch.equal(full, last)
+    assert logits_shapes and all(shape[1] == 1 for shape in logits_shapes), logits_shapes
+    assert "forward" not in vars(model.get_output_embeddings())  # restored after the block
+
+
 def _spy(model: torch.nn.Module, keys: tuple[str, ...]) -> list[dict]:
     """Record, for every forward of the base model, the rows of input_ids and of each audio key."""
     import functools
