@@ -32,6 +32,13 @@ class SplitConfig:
     holdout_split: Literal["train", "val", "test"] = field(
         default="test", metadata={"help": "holdout mode: the split that receives every item"}
     )
+    stratify_by: list[str] = field(
+        default_factory=lambda: ["modality", "category"],
+        metadata={
+            "help": "ratio mode: sample fields whose values form the strata; add question,answer to "
+            "balance each question's answers in every split (a fixed-choice guesser is then at chance)"
+        },
+    )
 
 
 @dataclass

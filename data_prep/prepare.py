@@ -158,7 +158,7 @@ def make_splits(samples: list[dict], cfg: DataConfig) -> dict[str, list[dict]]:
         splits = holdout_split(samples, cfg.split.holdout_split)
     else:
         ratios = {"train": cfg.split.train, "val": cfg.split.val, "test": cfg.split.test}
-        splits = assign_splits(samples, ratios, seed=cfg.seed)
+        splits = assign_splits(samples, ratios, seed=cfg.seed, stratify_by=cfg.split.stratify_by)
     splits = {k: v for k, v in splits.items() if v}  # an empty split is not written
     check_disjoint(splits)
     return splits

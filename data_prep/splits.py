@@ -1,8 +1,8 @@
 """Seeded, grouped, stratified splits, and the check that refuses leaky ones.
 
 Grouped: every item of a group (MMAR: clips of one source video) lands in one split, always.
-Stratified: groups are laid out stratum by stratum ((modality, category) of their items), in a
-seeded random order inside each stratum, and dealt one by one to the split furthest below its
+Stratified: groups are laid out stratum by stratum (by default the (modality, category) of their
+items; `stratify_by` names other sample fields), in a seeded random order inside each stratum, and dealt one by one to the split furthest below its
 target share of the items dealt so far. Walking strata in sequence gives each stratum its share
 of every split up to one group, and the shortfall of a tiny stratum carries over to the next
 instead of always landing in `train`.
@@ -19,20 +19,30 @@ from data_prep.schema import SplitLeakError
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def _stratum(items: list[dict]) -> tuple[str, str]:
-    """A group's stratum: its most common (modality, category); ties go to the smallest."""
-    counts = Counter((it["modality"], it["category"]) for it in items)
+DEFAULT_STRATA = ("modality", "category")
+
+
+def _stratum_key(item: dict, fields: tuple[str, ...]) -> tuple[str, ...]:
+    missing = [f for f in fields if f not in item]
+    if missing:
+        raise ValueError(f"item {item.get('id')!r}: no field {missing[0]!r} to stratify the split by")
+    return tuple(str(item[f]) for f in fields)
+
+
+def _stratum(items: list[dict], fields: tuple[str, ...]) -> tuple[str, ...]:
+    """A group's stratum: its items' most common values of `fields`; ties go to the smallest."""
+    counts = Counter(_stratum_key(it, fields) for it in items)
     best = max(counts.values())
     return min(k for k, v in counts.items() if v == best)
 
 
-def _ordered_groups(items: list[dict], seed: int) -> list[tuple[str, list[dict]]]:
+def _ordered_groups(items: list[dict], seed: int, fields: tuple[str, ...]) -> list[tuple[str, list[dict]]]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for it in items:
         groups[it["group"]].append(it)
-    by_stratum: dict[tuple[str, str], list[str]] = defaultdict(list)
+    by_stratum: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for name, members in groups.items():
-        by_stratum[_stratum(members)].append(name)
+        by_stratum[_stratum(members, fields)].append(name)
     rng = random.Random(seed)
     ordered = []
     for stratum in sorted(by_stratum):
@@ -42,8 +52,14 @@ def _ordered_groups(items: list[dict], seed: int) -> list[tuple[str, list[dict]]
     return ordered
 
 
-def assign_splits(items: list[dict], ratios: dict[str, float], *, seed: int) -> dict[str, list[dict]]:
-    """Split `items` (dicts with id, group, modality, category) by `ratios` (split -> share).
+def assign_splits(
+    items: list[dict],
+    ratios: dict[str, float],
+    *,
+    seed: int,
+    stratify_by: tuple[str, ...] | list[str] = DEFAULT_STRATA,
+) -> dict[str, list[dict]]:
+    """Split `items` (dicts with id, group and the `stratify_by` fields) by `ratios` (split -> share).
 
     Returns split -> items in their input order; splits with ratio 0 stay empty.
     """
@@ -54,7 +70,7 @@ def assign_splits(items: list[dict], ratios: dict[str, float], *, seed: int) -> 
     counts = dict.fromkeys(shares, 0)
     chosen: dict[str, str] = {}
     dealt = 0
-    for name, members in _ordered_groups(items, seed):
+    for name, members in _ordered_groups(items, seed, tuple(stratify_by)):
         dealt += len(members)
         # The split furthest below its share once this group is counted; ties: listed order.
         split = max(shares, key=lambda k: shares[k] * dealt - counts[k])

@@ -255,6 +255,33 @@ def test_assign_splits_is_grouped_seeded_and_proportional():
     assert assign_splits(items, ratios, seed=4) != splits
 
 
+def test_assign_splits_stratified_by_answer_balances_every_question():
+    """With `stratify_by` + (question, answer), each split holds each question's answers in the
+    split's share, up to one group per stratum: a guesser that always picks one option is at chance."""
+    import random
+
+    rng = random.Random(0)
+    items = []
+    for q in range(7):
+        answers = [f"a{q}-{k}" for k in range(2 + q % 4)] * 60
+        rng.shuffle(answers)
+        items += [
+            {"id": f"q{q}-{i}", "group": f"q{q}-{i}", "modality": "sound", "category": "Signal",
+             "question": f"question {q}", "answer": a}
+            for i, a in enumerate(answers)
+        ]  # fmt: skip
+    ratios = {"train": 0.8, "val": 0.05, "test": 0.15}
+    fields = ["modality", "category", "question", "answer"]
+    splits = assign_splits(items, ratios, seed=1, stratify_by=fields)
+    check_disjoint(splits)
+    totals = Counter((it["question"], it["answer"]) for it in items)
+    for name, share in ratios.items():
+        got = Counter((it["question"], it["answer"]) for it in splits[name])
+        assert all(abs(got[key] - share * n) <= 1 for key, n in totals.items()), (name, got)
+    with pytest.raises(ValueError, match="item 'q0-0': no field 'answer_text'"):
+        assign_splits(items, ratios, seed=1, stratify_by=["answer_text"])
+
+
 def test_every_data_config_parses():
     paths = sorted((REPO / "configs" / "data").glob("*.yaml"))
     names = {p.stem for p in paths}
