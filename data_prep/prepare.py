@@ -245,8 +245,13 @@ def _share_readable(folder: Path) -> None:
     folder.chmod(0o755 & ~umask)
 
 
-def write_dataset(target: Path, splits: dict[str, list[dict]], manifest: dict, cfg: DataConfig) -> None:
-    """Write everything into a temp folder, then rename it into place (all or nothing)."""
+def write_dataset(
+    target: Path, splits: dict[str, list[dict]], manifest: dict, *, export: str | None = None, name: str = ""
+) -> None:
+    """Write everything into a temp folder, then rename it into place (all or nothing).
+
+    `export="llamafactory"` also writes the LLaMA-Factory / ms-swift layout under `export/`, named `name`.
+    """
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
 
@@ -258,10 +263,10 @@ def write_dataset(target: Path, splits: dict[str, list[dict]], manifest: dict, c
     for split, rows in splits.items():
         atomic_write_jsonl(tmp / f"{split}.jsonl", rows)
         Dataset.from_list(rows, features=features).save_to_disk(str(tmp / "hf" / split))
-    if cfg.export == "llamafactory":
+    if export == "llamafactory":
         from data_prep.export import export_samples
 
-        export_samples(splits, tmp / "export", cfg.name)
+        export_samples(splits, tmp / "export", name)
     atomic_write_text(tmp / "README.md", render_card(manifest, splits))
     atomic_write_json(tmp / "manifest.json", manifest)  # last: its presence marks a complete dir
     _share_readable(tmp)
@@ -296,7 +301,7 @@ def prepare(cfg: DataConfig) -> Path:
         return target
     splits, stats = build_samples(cfg, template, system_prompt)
     manifest = build_manifest(cfg, key, source_sha256, system_prompt, splits, stats)
-    write_dataset(target, splits, manifest, cfg)
+    write_dataset(target, splits, manifest, export=cfg.export, name=cfg.name)
     point_latest(out_root, target)
     log.info("wrote %s: %s; skipped %d", target, manifest["counts"]["per_split"], len(stats["skips"]))
     if not manifest["counts"]["samples"]:

@@ -26,7 +26,6 @@ import shutil
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -114,7 +113,7 @@ def swap_dataset(data: Path, out: Path, *, seed: int = 0, splits: Sequence[str] 
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_dataset(out, rows, manifest, SimpleNamespace(export=None))
+    write_dataset(out, rows, manifest)
     return out
 
 
