@@ -31,6 +31,7 @@ def last_position_logits(model: Any) -> Iterator[None]:
     if head is None:
         raise TypeError(f"{type(model).__name__} has no output embeddings (LM head)")
     original = head.forward
+    patched_before = "forward" in vars(head)  # another wrapper's instance forward: put it back after
 
     def last_position_forward(hidden: Any, *args: Any, **kwargs: Any) -> Any:
         return original(hidden[:, -1:], *args, **kwargs)
@@ -39,4 +40,7 @@ def last_position_logits(model: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        del head.forward  # the instance attribute: the class's forward shows through again
+        if patched_before:
+            head.forward = original
+        else:
+            del head.forward  # the instance attribute: the class's forward shows through again
