@@ -83,18 +83,22 @@ progress() {  # the trainers' own step counters, from their tqdm lines
     done
     echo "  [$(( $(date +%s) - start ))s]"
 }
-ticks=0
-while kill -0 "${pids[@]}" 2>/dev/null; do  # true while either run is alive
+ticks=0 running=("${!pids[@]}")
+while ((${#running[@]})); do
     sleep 1
     ticks=$((ticks + 1))
+    still=()
+    for i in "${running[@]}"; do
+        if kill -0 "${pids[$i]}" 2>/dev/null; then still+=("$i"); continue; fi
+        if ! wait "${pids[$i]}"; then  # fail at once: do not wait minutes for the other run first
+            kill "${pids[@]}" 2>/dev/null || true
+            tail -n 40 "$OUT/${names[$i]}-train.log"
+            echo "stage 2: the ${names[$i]} LoRA failed (the other run was stopped); its log: $OUT/${names[$i]}-train.log"
+            exit 1
+        fi
+    done
+    running=("${still[@]}")
     if ((ticks % 30 == 0)); then progress; fi
-done
-for i in "${!pids[@]}"; do
-    if ! wait "${pids[$i]}"; then
-        tail -n 40 "$OUT/${names[$i]}-train.log"
-        echo "stage 2: the ${names[$i]} LoRA failed; its log: $OUT/${names[$i]}-train.log"
-        exit 1
-    fi
 done
 progress
 
