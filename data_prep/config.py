@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from data_prep.splits import DEFAULT_STRATA
+
 
 @dataclass
 class SourceConfig:
@@ -33,7 +35,7 @@ class SplitConfig:
         default="test", metadata={"help": "holdout mode: the split that receives every item"}
     )
     stratify_by: list[str] = field(
-        default_factory=lambda: ["modality", "category"],
+        default_factory=lambda: list(DEFAULT_STRATA),
         metadata={
             "help": "ratio mode: sample fields whose values form the strata; add question,answer to "
             "balance each question's answers in every split (a fixed-choice guesser is then at chance)"
