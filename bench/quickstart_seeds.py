@@ -6,7 +6,7 @@ Each seed reruns `scripts/quickstart.sh` end to end with SEED=<s> (new synthetic
 new random init, new training order, new audio swap for the base) into
 runs/quickstart-seeds/seed<s>, then reads its summary.json and applies scripts.check_quickstart.
 Prints a table (choice accuracy in %, instruction following in brackets where it matters) and, as
-the last line, one JSON object. About 12-14 min per seed on 2 cores (4,000 items, 600 held out).
+the last line, one JSON object. About 11-15 min per seed on 2 cores (4,000 items, 600 held out).
 """
 
 from __future__ import annotations

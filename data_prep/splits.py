@@ -3,9 +3,9 @@
 Grouped: every item of a group (MMAR: clips of one source video) lands in one split, always.
 Stratified: groups are laid out stratum by stratum (by default the (modality, category) of their
 items; `stratify_by` names other sample fields), in a seeded random order inside each stratum, and
-dealt one by one to the split furthest below its target share of the items dealt so far. Walking strata in sequence gives each stratum its share
-of every split up to one group, and the shortfall of a tiny stratum carries over to the next
-instead of always landing in `train`.
+dealt one by one to the split furthest below its target share of the items dealt so far. Walking
+strata in sequence gives each stratum its share of every split up to one group, and the shortfall
+of a tiny stratum carries over to the next instead of always landing in `train`.
 """
 
 from __future__ import annotations
