@@ -38,6 +38,7 @@ from pathlib import Path
 
 from common.io import JsonlAppender, atomic_write_json, read_complete_jsonl
 from common.logging_utils import setup_logging
+from common.openai_retry import RetriesExhausted, with_retries
 from eval.export import thinking_of
 from eval.metrics import UNKNOWN
 from eval.mmar import answer_prediction_of, mmar_correct
@@ -142,51 +143,32 @@ class Judge:
         # The client's own retries are off: ours know about malformed replies and count attempts.
         self.client = OpenAI(base_url=cfg.url, api_key=cfg.api_key, timeout=cfg.timeout, max_retries=0)
 
-    def _wait(self, attempt: int, retry_after: str | None) -> float:
-        try:
-            if retry_after is not None:
-                return min(60.0, float(retry_after))
-        except ValueError:
-            pass
-        return min(60.0, self.cfg.backoff * 2**attempt)
-
     def ask(self, prompt: str, rubric: list[dict], item_id: str) -> tuple[float, list[dict]]:
         import openai
 
-        last = ""
-        for attempt in range(self.cfg.max_retries + 1):
-            retry_after = None
-            try:
-                reply = self.client.chat.completions.create(
-                    model=self.cfg.model,
-                    messages=[
-                        {"role": "system", "content": SYSTEM_PROMPT},
-                        {"role": "user", "content": prompt},
-                    ],
-                    temperature=TEMPERATURE,
-                    seed=SEED,
-                )
-                return parse_judgment(reply.choices[0].message.content or "", rubric)
-            except MalformedJudgment as e:
-                last = f"malformed judge reply ({e})"
-            except openai.RateLimitError as e:
-                last, retry_after = "429 rate limited", e.response.headers.get("retry-after")
-            except (openai.APITimeoutError, openai.APIConnectionError) as e:
-                last = f"{type(e).__name__}: {e}"
-            except openai.APIStatusError as e:
-                if e.status_code < 500:
-                    raise RubricsError(
-                        f"item {item_id!r}: judge refused the request ({e.status_code}): {e}"
-                    ) from e
-                last = f"server error {e.status_code}"
-            if attempt < self.cfg.max_retries:
-                wait = self._wait(attempt, retry_after)
-                log.warning("item %s: %s; retry %d in %.1f s", item_id, last, attempt + 1, wait)
-                self.sleep(wait)
-        raise RubricsError(
-            f"judge {self.cfg.url} (model {self.cfg.model}) failed for item {item_id!r} after "
-            f"{self.cfg.max_retries + 1} attempts: {last}"
-        )
+        def call() -> tuple[float, list[dict]]:
+            reply = self.client.chat.completions.create(
+                model=self.cfg.model,
+                messages=[
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": prompt},
+                ],
+                temperature=TEMPERATURE,
+                seed=SEED,
+            )
+            return parse_judgment(reply.choices[0].message.content or "", rubric)
+
+        try:
+            return with_retries(
+                call, label=f"item {item_id}", max_retries=self.cfg.max_retries, backoff=self.cfg.backoff,
+                also_retry=(MalformedJudgment,), sleep=self.sleep,
+            )  # fmt: skip
+        except openai.APIStatusError as e:  # a 4xx other than 429: retrying cannot help
+            raise RubricsError(f"item {item_id!r}: judge refused the request ({e.status_code}): {e}") from e
+        except RetriesExhausted as e:
+            raise RubricsError(
+                f"judge {self.cfg.url} (model {self.cfg.model}) failed for item {item_id!r} {e}"
+            ) from e
 
 
 # ----------------------------------------------------------------------------- items
