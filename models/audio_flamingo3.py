@@ -102,6 +102,11 @@ TINY_TEXT = {
 TINY_AUDIO = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
 
 
+def vllm_problems(name_or_path: str, processor: Any, *, cpu: bool) -> list[str]:
+    """vLLM serves AF3 checkpoints as we save them; on CPU the head size must be one it supports."""
+    return _common.vllm_llm_problems(name_or_path, cpu=cpu)
+
+
 def load_model(
     name_or_path: str, *, dtype: Any, attn_implementation: str | None = None, trust_remote_code: bool = False
 ) -> Any:
@@ -192,7 +197,9 @@ def _tiny_processor(out_dir: Path, tokenizer_source: str, window_seconds: int) -
     )
 
 
-def tiny_config(tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS) -> Any:
+def tiny_config(
+    tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS, head_dim: int | None = None
+) -> Any:
     """A 2-layer, 64-wide AF3 config whose special-token ids come from `tokenizer`."""
     from transformers import AudioFlamingo3Config
 
@@ -207,7 +214,7 @@ def tiny_config(tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS) -> An
         "eos_token_id": ids("<|im_end|>"),
         "pad_token_id": eot,
         "tie_word_embeddings": False,
-        **TINY_TEXT,
+        **_common.with_head_dim(TINY_TEXT, head_dim),
     }
     # The encoder's positions must cover one window exactly: 100 frames/s, halved by conv2.
     audio = {
@@ -239,12 +246,18 @@ def published_config() -> Any:
 
 
 def make_tiny(
-    out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto", window_seconds: int | None = None
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    tokenizer: str = "auto",
+    window_seconds: int | None = None,
+    head_dim: int | None = None,
 ) -> None:
     """Save a randomly initialised tiny AF3 + processor to `out_dir`, then reload it through
     `load_model`/`load_processor` as a check.
 
-    `window_seconds` (default TINY_WINDOW_SECONDS) is the longest clip the tiny model hears."""
+    `window_seconds` (default TINY_WINDOW_SECONDS) is the longest clip the tiny model hears;
+    `head_dim` (default 16) the width of its LLM's attention heads."""
     import sys
 
     from transformers import AudioFlamingo3ForConditionalGeneration
@@ -256,6 +269,6 @@ def make_tiny(
         family=sys.modules[__name__],
         build_processor=lambda folder: _tiny_processor(folder, tokenizer, window),
         build_model=lambda processor: AudioFlamingo3ForConditionalGeneration(
-            tiny_config(processor.tokenizer, window)
+            tiny_config(processor.tokenizer, window, head_dim)
         ),
     )

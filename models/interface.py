@@ -54,8 +54,18 @@ class AudioLMFamily(Protocol):
     def generation_config(self, tokenizer: Any) -> Any: ...
 
     def make_tiny(
-        self, out_dir: Any, *, seed: int = 0, tokenizer: str = "auto", window_seconds: int | None = None
+        self,
+        out_dir: Any,
+        *,
+        seed: int = 0,
+        tokenizer: str = "auto",
+        window_seconds: int | None = None,
+        head_dim: int | None = None,
     ) -> None: ...
+
+    # Why a vLLM server cannot serve this checkpoint (empty when it can): the family's own limits and
+    # the checkpoint's (e.g. an attention head size vLLM's CPU backend lacks). `cpu`: vLLM's CPU build.
+    def vllm_problems(self, name_or_path: str, processor: Any, *, cpu: bool) -> list[str]: ...
 
     # The flagship checkpoint's config (sizes only, no weights): memory and throughput estimates
     # build the real architecture on the meta device from it, without a download.

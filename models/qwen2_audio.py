@@ -112,6 +112,19 @@ def num_audio_tokens(processor: Any, n_samples: int) -> int:
     return _common.pooled_whisper_tokens(processor.feature_extractor, n_samples)
 
 
+def vllm_problems(name_or_path: str, processor: Any, *, cpu: bool) -> list[str]:
+    """vLLM's Qwen2-Audio (0.32) takes 30 s windows only (3,000 mel frames, "input_features dim[2]
+    expected 3000" otherwise), and on CPU a head size its attention supports."""
+    problems = _common.vllm_llm_problems(name_or_path, cpu=cpu)
+    window = max_audio_seconds(processor)
+    if window != 30:
+        problems.append(
+            f"vLLM's Qwen2-Audio takes 30 s audio windows only; this checkpoint's is {window:g} s "
+            "(tiny models: `--window_seconds 30`)"
+        )
+    return problems
+
+
 def generation_config(tokenizer: Any) -> Any:
     """Greedy; stops on <|im_end|> (and <|endoftext|>)."""
     return _qwen.generation_config_for(tokenizer)
@@ -162,7 +175,9 @@ def _tiny_processor(out_dir: Path, tokenizer_source: str, window_seconds: int) -
     )
 
 
-def tiny_config(tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS) -> Any:
+def tiny_config(
+    tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS, head_dim: int | None = None
+) -> Any:
     """A 2-layer, 64-wide Qwen2AudioConfig whose special-token ids come from `tokenizer`."""
     from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig, Qwen2Config
 
@@ -174,7 +189,7 @@ def tiny_config(tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS) -> An
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=eot,
         tie_word_embeddings=False,
-        **TINY_TEXT,
+        **_common.with_head_dim(TINY_TEXT, head_dim),
     )
     # 100 mel frames/s; conv2 halves them, so the position table covers window*50 frames.
     audio = Qwen2AudioEncoderConfig(num_mel_bins=128, max_source_positions=window_seconds * 50, **TINY_AUDIO)
@@ -187,12 +202,18 @@ def tiny_config(tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS) -> An
 
 
 def make_tiny(
-    out_dir: str | Path, *, seed: int = 0, tokenizer: str = "auto", window_seconds: int | None = None
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    tokenizer: str = "auto",
+    window_seconds: int | None = None,
+    head_dim: int | None = None,
 ) -> None:
     """Save a randomly initialised tiny Qwen2-Audio + processor to `out_dir`, then reload it through
     `load_model`/`load_processor` as a check.
 
-    `window_seconds` (default TINY_WINDOW_SECONDS) is the longest clip the tiny model hears."""
+    `window_seconds` (default TINY_WINDOW_SECONDS) is the longest clip the tiny model hears;
+    `head_dim` (default 16) the width of its LLM's attention heads."""
     import sys
 
     from transformers import Qwen2AudioForConditionalGeneration
@@ -204,7 +225,7 @@ def make_tiny(
         family=sys.modules[__name__],
         build_processor=lambda folder: _tiny_processor(folder, tokenizer, window),
         build_model=lambda processor: Qwen2AudioForConditionalGeneration(
-            tiny_config(processor.tokenizer, window)
+            tiny_config(processor.tokenizer, window, head_dim)
         ),
     )
 
