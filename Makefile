@@ -3,10 +3,19 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# vLLM has its own venv: it pins its own torch and transformers (scripts/install_vllm.sh says which).
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: quickstart test lint format venv clean
+.PHONY: quickstart test lint format venv vllm clean
 
 venv: $(STAMP)
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): scripts/install_vllm.sh
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH, or run: make PYTHON=/path/to/python3.11"; exit 1; }
+	PYTHON=$(PYTHON) bash scripts/install_vllm.sh $(VLLM_VENV)
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH, or run: make PYTHON=/path/to/python3.11"; exit 1; }
@@ -18,7 +27,7 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/quickstart.sh
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q tests
 
 lint: $(STAMP)

@@ -14,12 +14,13 @@ point train/ calls after training.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,8 @@ from common.io import (
 )
 from common.logging_utils import setup_logging
 from common.provenance import git_sha, library_versions
+from common.vllm_server import VLLMError
+from eval import backends
 from eval.extract import extract_choice
 from eval.metrics import METRICS, available_metrics, compute_metrics, summary_lines
 from eval.mmar import answer_prediction_of, mmar_correct
@@ -54,6 +57,7 @@ RESUME_KEYS = (
     "dtype",
     "seed",
     "data_manifest_sha256",
+    "backend",
 )
 
 
@@ -88,6 +92,26 @@ class EvalConfig:
         1,
         "Also evaluate each item under K cyclic rotations of its options (1 = displayed order only); "
         "metrics.json's option_orders gives mean accuracy, spread and the share right under every order.",
+    )
+    backend: Literal["hf", "vllm", "openai"] = _f(
+        "hf",
+        "hf = generate in this process; vllm = a vLLM server started here from .venv-vllm (`make vllm`); "
+        "openai = the OpenAI-compatible server at --base_url (vLLM, SGLang).",
+    )
+    base_url: str | None = _f(None, "--backend openai: the server's API root, e.g. http://host:8000/v1.")
+    served_model: str | None = _f(
+        None, "--backend openai: the model name on the server (null = its only one)."
+    )
+    api_key_env: str = _f("OPENAI_API_KEY", "--backend openai: environment variable holding the key, if any.")
+    concurrency: int = _f(16, "vllm/openai: requests in flight.")
+    request_retries: int = _f(
+        3, "vllm/openai: retries of a failed request (429, timeout, 5xx) before it is reported."
+    )
+    request_timeout_s: float = _f(600.0, "vllm/openai: seconds one request may take.")
+    vllm_max_model_len: int = _f(4096, "vllm: the server's context length (prompt, audio tokens and answer).")
+    vllm_startup_timeout_s: float = _f(900.0, "vllm: seconds to wait for the server to become healthy.")
+    vllm_args: str = _f(
+        "", "vllm: extra server flags, e.g. '--tensor-parallel-size 2' or '--enforce-eager' (no compile)."
     )
     wandb: bool = _f(False, "Log metrics (eval/acc/<layer>) to W&B.")
     wandb_project: str = _f("audio-reasoning-tuner", "W&B project.")
@@ -452,6 +476,8 @@ def build_run_info(
         "max_new_tokens": cfg.max_new_tokens,
         "dtype": cfg.dtype,
         "seed": cfg.seed,
+        "backend": cfg.backend,
+        "base_url": cfg.base_url,
         "decoding": {
             "do_sample": False,
             "num_beams": 1,
@@ -566,10 +592,28 @@ def prepare(cfg: EvalConfig) -> tuple[Path, dict, list[dict], str, dict]:
     return data_dir, manifest, rows, family_name, adapter_info
 
 
+@contextlib.contextmanager
+def answer_source(cfg: EvalConfig, family: Any, processor: Any, out: Path) -> Iterator[Callable]:
+    """`generate(rows, on_result)` for the configured backend: each prediction row goes to
+    `on_result` as soon as it exists. The model (hf) or the server (vllm) lives as long as the block."""
+    if cfg.backend == "hf":
+        model = load_model_and_adapter(cfg, family)
+        yield lambda rows, on_result: evaluate(model, processor, family, rows, cfg, on_result=on_result)
+        return
+    with backends.remote_client(cfg, family, processor, out) as client:
+
+        def generate(rows: list[dict], on_result: Callable[[dict], None]) -> None:
+            backends.generate_remote(client, family, processor, rows, cfg,
+                                     on_answer=lambda row, gen: on_result(prediction_row(row, gen, cfg.audio)))  # fmt: skip
+
+        yield generate
+
+
 def run(cfg: EvalConfig) -> dict:
     """The whole eval.run: checks, resume, generation, metrics.json and run_info.json; returns metrics."""
     from models import get_family
 
+    backends.check_backend_settings(cfg)
     data_dir, manifest, rows, family_name, adapter_info = prepare(cfg)
     out = Path(cfg.out)
     run_info = build_run_info(cfg, data_dir, manifest, family_name, adapter_info)
@@ -592,13 +636,12 @@ def run(cfg: EvalConfig) -> dict:
     if todo or rotated_todo:
         family = get_family(family_name)
         processor = family.load_processor(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        model = load_model_and_adapter(cfg, family)
-        with JsonlAppender(preds_path) as sink:
-            evaluate(model, processor, family, todo, cfg, on_result=sink.write)
-        for rotation, batch in rotated_todo.items():  # rotation 0 is predictions.jsonl itself
-            with JsonlAppender(orders_path) as sink:
-                evaluate(model, processor, family, batch, cfg,
-                         on_result=lambda p, r=rotation: sink.write({**p, "rotation": r}))  # fmt: skip
+        with answer_source(cfg, family, processor, out) as generate:
+            with JsonlAppender(preds_path) as sink:
+                generate(todo, sink.write)
+            for rotation, batch in rotated_todo.items():  # rotation 0 is predictions.jsonl itself
+                with JsonlAppender(orders_path) as sink:
+                    generate(batch, lambda p, r=rotation: sink.write({**p, "rotation": r}))
     preds = {p["id"]: p for p in read_complete_jsonl(preds_path)}
     ordered = [preds[r["id"]] for r in rows]
     metrics = metrics_from_predictions(ordered, cfg.audio)
@@ -630,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(EvalConfig, argv)
         metrics = run(cfg)
-    except (EvalError, ConfigError) as e:
+    except (EvalError, ConfigError, backends.BackendError, VLLMError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for line in summary_lines(metrics):

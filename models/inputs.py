@@ -295,6 +295,31 @@ def _without_audio(messages: list[dict]) -> list[dict]:
     ]
 
 
+def prompt_messages(row: dict, audio_mode: str = "real") -> list[dict]:
+    """The conversation a generation prompt renders: `messages[:-1]`, without its audio blocks under
+    audio_mode "none"."""
+    messages = _prompt_messages(row["messages"])
+    return _without_audio(messages) if audio_mode == "none" else messages
+
+
+def prompt_audio(
+    family: ModuleType, processor: Any, row: dict, *, audio_mode: str = "real", seed: int = 0
+) -> list[np.ndarray]:
+    """The waveforms a generation prompt carries (16 kHz float32, cut to the window), one per audio
+    block: the clips themselves, or noise / silence of their length; none under audio_mode "none".
+
+    Every generation backend (local `generate`, a vLLM or other OpenAI-compatible server) takes the
+    audio from here, so they all hear the same samples.
+    """
+    if audio_mode not in AUDIO_MODES:
+        raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
+    if audio_mode == "none":
+        return []
+    # Per-row generator: a row's noise does not depend on which batch it lands in.
+    rng = np.random.default_rng([seed, zlib.crc32(str(row.get("id")).encode())])
+    return [_replace_audio(w, audio_mode, rng) for w in load_row_audio(family, processor, row)]
+
+
 def encode_prompts(
     family: str | ModuleType, processor: Any, rows: list[dict], *, audio_mode: str = "real", seed: int = 0
 ) -> dict[str, Any]:
@@ -303,17 +328,9 @@ def encode_prompts(
     audio_mode: "real"; "noise" (Gaussian, the clip's length and RMS, seeded per row id);
     "silence" (zeros, the clip's length); "none" (the audio block removed from the prompt).
     """
-    if audio_mode not in AUDIO_MODES:
-        raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
     family = _family(family)
     texts, audios = [], []
     for row in rows:
-        messages = _prompt_messages(row["messages"])
-        if audio_mode == "none":
-            messages = _without_audio(messages)
-        else:
-            # Per-row generator: a row's noise does not depend on which batch it lands in.
-            rng = np.random.default_rng([seed, zlib.crc32(str(row.get("id")).encode())])
-            audios.extend(_replace_audio(w, audio_mode, rng) for w in load_row_audio(family, processor, row))
-        texts.append(family.render(processor, messages, add_generation_prompt=True))
+        audios.extend(prompt_audio(family, processor, row, audio_mode=audio_mode, seed=seed))
+        texts.append(family.render(processor, prompt_messages(row, audio_mode), add_generation_prompt=True))
     return family.encode(processor, texts, audios or None, padding_side="left")

@@ -54,11 +54,13 @@ def merged_state_dict(peft_model: Any) -> dict[str, Any]:
 
     base = peft_model.get_base_model()
     adapter = peft_model.active_adapter
+    mine = f".modules_to_save.{adapter}."
     state = {}
     for key, value in base.state_dict().items():
-        if ".lora_" in key or ".original_module." in key:
+        # Other adapters' copies are skipped too (trl keeps the starting adapter as "ref" for the KL).
+        if ".lora_" in key or ".original_module." in key or (".modules_to_save." in key and mine not in key):
             continue
-        state[key.replace(f".modules_to_save.{adapter}.", ".").replace(".base_layer.", ".")] = value
+        state[key.replace(mine, ".").replace(".base_layer.", ".")] = value
     for name, module in base.named_modules():
         if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
             continue

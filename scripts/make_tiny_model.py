@@ -3,11 +3,14 @@
     python -m scripts.make_tiny_model --family qwen2_audio --out runs/models/tiny-qwen2-audio [--seed 0]
     python -m scripts.make_tiny_model --family qwen2_5_omni --out runs/models/tiny-qwen2.5-omni
     python -m scripts.make_tiny_model --family qwen2_audio --out /tmp/tiny --window_seconds 4
+    python -m scripts.make_tiny_model --family qwen2_audio --out /tmp/served --window_seconds 30 --head_dim 32
 
 The folder is written with `save_pretrained` and loaded back through the family's `load_model` /
 `load_processor`, the code path a real checkpoint takes. Uses the real Qwen2 tokenizer when
 `../shared/tokenizers/qwen2/` exists, else a small byte-level BPE trained on the spot
 (`--tokenizer local` forces the small one: 150x smaller LM head, and the same model on every machine).
+vLLM serves a tiny model only with `--head_dim 32` (its CPU attention has no 16-wide heads) and, for
+Qwen2-Audio, `--window_seconds 30` (its Qwen2-Audio takes 30 s windows only).
 """
 
 from __future__ import annotations
@@ -39,10 +42,22 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="longest clip the model hears (default: the family's tiny window); shorter is cheaper on CPU",
     )
+    parser.add_argument(
+        "--head_dim",
+        type=int,
+        default=None,
+        help="width of the LLM's attention heads (default 16; vLLM's CPU attention needs 32 or more)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     family = get_family(args.family)
-    family.make_tiny(args.out, seed=args.seed, tokenizer=args.tokenizer, window_seconds=args.window_seconds)
+    family.make_tiny(
+        args.out,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        window_seconds=args.window_seconds,
+        head_dim=args.head_dim,
+    )
     logger.info("tiny %s model written to %s", args.family, args.out)
 
 

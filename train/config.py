@@ -115,6 +115,24 @@ class GrpoSettings:
     thinking_budget_tokens: int = _f(200, "Thinking length above which the length reward penalises.")
     length_penalty: float = _f(0.0, "Penalty per token over thinking_budget_tokens.")
     log_completions_every: int = _f(50, "Log sample completions every N steps (0 = never).")
+    use_vllm: bool = _f(
+        False,
+        "Sample rollouts from a vLLM server started from .venv-vllm (`make vllm`), each request with its "
+        "prompt's audio; the policy's merged weights are loaded into it every vllm_sync_every steps.",
+    )
+    vllm_sync_every: int = _f(
+        1, "Optimizer steps between weight syncs into the vLLM server (1 = every rollout is on-policy)."
+    )
+    vllm_importance_sampling: bool = _f(
+        True,
+        "trl's importance-sampling correction of vLLM rollouts (sequence_mask, ratio cap 3.0): the "
+        "trainer's log-probs against the server's. Needed when vllm_sync_every > 1.",
+    )
+    vllm_max_model_len: int = _f(4096, "The vLLM server's context length (prompt, audio tokens, completion).")
+    vllm_args: str = _f("", "Extra vLLM server flags, e.g. '--enforce-eager' (no compile: starts faster).")
+    vllm_devices: str | None = _f(
+        None, "CUDA_VISIBLE_DEVICES of the vLLM server, e.g. '7' with training on 0-6 (null = inherit)."
+    )
 
 
 @dataclass
@@ -172,6 +190,41 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"grpo.reward_weights.{name}: expected a number, got {w!r}")
     if cfg.lora.r < 1:
         raise ConfigError(f"lora.r must be >= 1, got {cfg.lora.r}")
+    if cfg.grpo.use_vllm:
+        _validate_vllm_rollouts(cfg)
+
+
+def _validate_vllm_rollouts(cfg: TrainConfig) -> None:
+    g = cfg.grpo
+    if g.vllm_sync_every < 1:
+        raise ConfigError(f"grpo.vllm_sync_every must be >= 1, got {g.vllm_sync_every}")
+    if g.vllm_sync_every > 1 and not g.vllm_importance_sampling:
+        raise ConfigError(
+            f"grpo.vllm_sync_every: {g.vllm_sync_every} samples rollouts from a policy up to "
+            f"{g.vllm_sync_every - 1} step(s) old; without grpo.vllm_importance_sampling nothing corrects for it "
+            "(set vllm_sync_every: 1 or vllm_importance_sampling: true)"
+        )
+    if cfg.lora.use_dora:
+        raise ConfigError(
+            "grpo.use_vllm with lora.use_dora: DoRA weights are not folded into the synced weights"
+        )
+    if cfg.training.deepspeed and _zero_stage(cfg.training.deepspeed) == 3:
+        raise ConfigError(
+            "grpo.use_vllm under ZeRO-3: rank 0 would write partitioned (empty) weights into the server; "
+            "use ZeRO-2 (configs/deepspeed/zero2.json)"
+        )
+
+
+def _zero_stage(path: str) -> int:
+    import json
+    from pathlib import Path
+
+    try:
+        return int(
+            json.loads(Path(path).read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage", 0)
+        )
+    except (OSError, ValueError):
+        return 0  # a missing or unreadable JSON fails where DeepSpeed reads it, with its own message
 
 
 def load_config(argv: list[str]) -> TrainConfig:

@@ -37,11 +37,14 @@ from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_e
 
 from common.logging_utils import is_main_process
 from models.inputs import encode_prompts
-from train import components, label_only_loss, run_files, tracking
+from train import components, label_only_loss, rollouts, run_files, tracking
 from train.config import TrainConfig
 from train.rewards import completion_text, reward_functions
 
 logger = logging.getLogger(__name__)
+# Logit given to tokens generation never samples: exp() is 0 in fp32 and bf16, and unlike -inf it
+# keeps entropies finite (0 * -inf is nan).
+SUPPRESSED_LOGIT = -1.0e4
 
 
 def main(cfg: TrainConfig) -> Path:
@@ -84,10 +87,13 @@ def main(cfg: TrainConfig) -> Path:
         callbacks=tracking.tracking_callbacks(cfg, wandb_mode),
         family=family,
         log_completions_every=cfg.grpo.log_completions_every,
+        vllm_importance_sampling=cfg.grpo.vllm_importance_sampling,
     )
 
-    # 6. train
-    result = trainer.train(resume_from_checkpoint=components.resolve_resume(cfg.training))
+    # 6. train (rollouts from a vLLM server with `grpo.use_vllm`, else from the policy's generate)
+    with rollout_server(cfg, family, processor, trainer) as rollout_source:
+        trainer.rollouts = rollout_source
+        result = trainer.train(resume_from_checkpoint=components.resolve_resume(cfg.training))
     final = {f"train/{k}": v for k, v in result.metrics.items()}
 
     # 7. save (the prompts the length pre-filter dropped, by reason, also to W&B)
@@ -134,6 +140,18 @@ def encode_once_per_prompt(family: ModuleType, processor: Any, rows: list[dict])
     return {name: tensor[index] for name, tensor in batch.items()}
 
 
+def rollout_server(cfg: TrainConfig, family: ModuleType, processor: Any, trainer: Any) -> Any:
+    """A vLLM server for the rollouts (train/rollouts.py) when `grpo.use_vllm`, else nothing."""
+    if not cfg.grpo.use_vllm:
+        return contextlib.nullcontext(None)
+    from accelerate.utils import broadcast_object_list
+
+    return rollouts.vllm_rollouts(
+        cfg, family, processor, is_main=trainer.accelerator.is_main_process,
+        broadcast=lambda value: broadcast_object_list([value])[0],
+    )  # fmt: skip
+
+
 def count_tokens(tokenizer: Any, text: str) -> int:
     """Tokens of `text` (the thinking budget is in the model's tokens, not words)."""
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -174,7 +192,7 @@ def grpo_args(cfg: TrainConfig, reward_weights: list[float], **overrides: Any) -
 # trl settings under which completions would be generated or scored without the audio (trl 1.16).
 AUDIO_LOSING_SETTINGS = {
     "use_vllm": "trl's vLLM path sends only the prompt token ids to vLLM, so completions would be "
-    "sampled without the audio (and then scored with it)",
+    "sampled without the audio (and then scored with it); our `grpo.use_vllm: true` sends the audio",
     "use_transformers_continuous_batching": "trl's continuous-batching generation takes token ids "
     "only, so completions would be sampled without the audio",
 }
@@ -271,11 +289,15 @@ class AudioGRPOTrainer(GRPOTrainer):
     duration of those two calls) rather than through copies of them.
     """
 
-    def __init__(self, *args: Any, family: ModuleType, log_completions_every: int = 0, **kwargs: Any):
+    def __init__(self, *args: Any, family: ModuleType, log_completions_every: int = 0,
+                 vllm_importance_sampling: bool = True, **kwargs: Any):  # fmt: skip
         self.family = family
         self.log_completions_every = log_completions_every
+        self.rollouts: rollouts.VLLMRollouts | None = None  # set for the run by `rollout_server`
         self._audio: dict[str, torch.Tensor] | None = None
         self._prompt_batch: dict[str, torch.Tensor] | None = None
+        self._rows: list[dict] | None = None
+        self._rollout_versions: list[int] = []
         self._table_step = -1
         check_keeps_audio(kwargs.get("args"))
         processor = kwargs["processing_class"]
@@ -289,6 +311,11 @@ class AudioGRPOTrainer(GRPOTrainer):
         suppress = sorted({audio_token_id, *(self.generation_kwargs.get("suppress_tokens") or [])})
         self.generation_kwargs["suppress_tokens"] = suppress
         self.generation_config.suppress_tokens = suppress
+        self._suppressed = torch.tensor(suppress, dtype=torch.long)
+        # trl's importance-sampling correction of vLLM rollouts is gated on its own `use_vllm`, which
+        # stays off in the GRPOConfig (trl's vLLM client would drop the audio): for our vLLM
+        # rollouts the attribute turns the correction on; the generation itself is ours.
+        self._vllm_importance_sampling = vllm_importance_sampling
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         batch = encode_once_per_prompt(self.family, self.processing_class, inputs)
@@ -299,14 +326,38 @@ class AudioGRPOTrainer(GRPOTrainer):
         for key in self.family.AUDIO_FEATURE_KEYS:
             if batch[key].is_floating_point():
                 batch[key] = batch[key].to(self.model.dtype)
-        self._prompt_batch = batch
+        self._prompt_batch, self._rows = batch, inputs
         self._audio = self._audio_of(batch)
+        self.use_vllm = self.rollouts is not None and self._vllm_importance_sampling
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
-            self._prompt_batch, audio, self._audio = None, self._audio, None
+            self._prompt_batch, self._rows, audio, self._audio = None, None, self._audio, None
         output.update(audio)  # per-row tensors: trl shuffles and splits them with the completions
+        if self.rollouts is not None:
+            versions = torch.tensor(self._rollout_versions, device=output["completion_ids"].device)
+            output["policy_version"] = versions  # per completion: the step whose weights sampled it
+            lag = self.state.global_step - int(versions.min())
+            self._metrics["train"]["rollout/policy_lag"].append(float(lag))
         return output
+
+    def _generate_single_turn(
+        self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+    ):
+        if self.rollouts is None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)  # fmt: skip
+        step = self.state.global_step
+        if self.rollouts.sync_due(step):
+            self.rollouts.sync(self.accelerator.unwrap_model(self.model), step,
+                               is_main=self.accelerator.is_main_process, barrier=self.accelerator.wait_for_everyone)  # fmt: skip
+        ids, logprobs = self.rollouts.generate(
+            self._rows, prompt_ids, max_tokens=self.max_completion_length, temperature=self.temperature,
+            top_p=self.top_p, stop_ids=self.eos_token_ids, suppress_ids=self.generation_config.suppress_tokens,
+            step=step, rank=self.accelerator.process_index,
+        )  # fmt: skip
+        self._rollout_versions = [self.rollouts.version] * len(ids)
+        return ids, logprobs
 
     def _tokenize_prompts(self, prompts: list) -> tuple[list[list[int]], None, dict[str, torch.Tensor]]:
         batch = self._prompt_batch
@@ -361,6 +412,10 @@ class AudioGRPOTrainer(GRPOTrainer):
                     **{k: v[start:end] for k, v in audio.items()},
                     logits_to_keep=logits_to_keep + 1,
                 ).logits[:, :-1]
+            # The policy that samples never emits the suppressed tokens (the audio placeholder):
+            # score completions under that same distribution, so trainer and sampler log-probs agree
+            # (a random tiny model gives the placeholder ~1e-3, which biased vLLM's IS ratio by 5%).
+            logits = logits.index_fill(-1, self._suppressed.to(logits.device), SUPPRESSED_LOGIT)
             targets, padding = ids[:, -logits_to_keep:], mask[:, -logits_to_keep:] == 0
             if compute_entropy:
                 lp, ent = selective_log_softmax_and_entropy(logits, targets, temperature=self.temperature)
