@@ -38,6 +38,13 @@ def _skip_lines(skipped: list[dict]) -> list[str]:
     return lines
 
 
+def _per_split_line(counts: dict) -> str:
+    """`3 (train 2, test 1)`; `0` when there are none (or the manifest predates the count)."""
+    total = counts.get("text_only", 0)
+    per_split = ", ".join(f"{k} {n}" for k, n in counts.get("per_split_text_only", {}).items() if n)
+    return f"{total} ({per_split})" if total else "0"
+
+
 def render_card(manifest: dict, splits: dict[str, list[dict]]) -> str:
     """Markdown card built only from the manifest and the rows, so it is byte-stable."""
     counts = manifest["counts"]
@@ -55,6 +62,7 @@ def render_card(manifest: dict, splits: dict[str, list[dict]]) -> str:
         f"- items read: {counts['read']}; samples written: {counts['samples']}; skipped: {counts['skipped']}; "
         f"direct-answer fallbacks (no thinking): {counts['thinking_fallback']}; "
         f"items with a blank option dropped: {counts['empty_choice_dropped']}",
+        f"- text-only items (no audio, so no audio check): {_per_split_line(counts)}",
         f"- kept with warnings (by kind): {counts.get('warnings_by_kind') or 'none'}",
         f"- split mode: {manifest['options']['split']['mode']}; groups never straddle two splits",
         "",

@@ -97,10 +97,17 @@ def check_all_audio(
 
     Returns the records that passed and id -> (absolute path, duration or None); failures
     become skips (errors under strict). Path escapes are refused even in metadata-only mode.
+    Text-only records have nothing to check: they pass with (None, None) and are counted.
     """
     kept, info = [], {}
     check = not cfg.no_audio_check
+    text_only = 0
     for rec in tqdm(records, desc="checking audio" if check else "resolving audio paths", disable=None):
+        if rec.text_only:
+            text_only += 1
+            kept.append(rec)
+            info[rec.id] = (None, None)
+            continue
         try:
             path = resolve_audio_path(cfg.audio_root, rec.audio_path)
             duration = None
@@ -115,6 +122,8 @@ def check_all_audio(
             continue
         kept.append(rec)
         info[rec.id] = (str(path), duration)
+    if text_only:
+        log.info("%d text-only item(s): no audio to check (counted as text_only in the manifest)", text_only)
     return kept, info
 
 
@@ -186,7 +195,9 @@ def build_manifest(
         "thinking_fallback": sum(s["template"] != cfg.template for s in samples),
         "empty_choice_dropped": sum(EMPTY_CHOICE_TAG in s["tags"] for s in samples),
         "warnings_by_kind": dict(sorted(Counter(w["kind"] for w in warnings).items())),
+        "text_only": sum(s["audio_path"] is None for s in samples),
         "per_split": {k: len(v) for k, v in splits.items()},
+        "per_split_text_only": {k: sum(s["audio_path"] is None for s in v) for k, v in splits.items()},
         "per_split_mix": {k: mix_counts(v) for k, v in splits.items()},
     }
     return {

@@ -22,6 +22,7 @@ DUPLICATE_CHOICE_WARNING = "duplicate_choice_text"  # either letter of the answe
 EMPTY_CHOICE_WARNING = EMPTY_CHOICE_TAG
 METADATA_TYPE_WARNING = "metadata_unexpected_type"  # kept as-is in `original`, not used
 UNKNOWN_LABEL = "unknown"
+TEXT_MODALITY = "text"  # modality of a text-only item (no audio) that names none
 
 
 class SourceFileError(DataError):
@@ -77,7 +78,9 @@ class Record:
     """One multiple-choice audio question, whatever reader it came from."""
 
     id: str
-    audio_path: str  # as given by the source, relative to audio_root
+    # As given by the source, relative to audio_root. None: a text-only item (canonical reader only;
+    # the benchmark readers always require a clip).
+    audio_path: str | None
     question: str
     choices: list[str]
     answer: str  # text, one of choices
@@ -93,6 +96,10 @@ class Record:
     original: dict[str, Any] = field(default_factory=dict)
     # Odd but usable: "<kind>" or "<kind>:<field>"; counted in the manifest, never a skip.
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def text_only(self) -> bool:
+        return self.audio_path is None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,6 +183,8 @@ def validate_record(rec: Record, *, where: str) -> Record:
     otherwise render as '<answer>Connor </answer>'); `original` keeps the untouched text.
     """
     for key in ("id", "audio_path", "question", "modality", "category"):
+        if key == "audio_path" and rec.text_only:
+            continue  # a text-only item: only the canonical reader produces one
         value = getattr(rec, key)
         if not isinstance(value, str) or not value.strip():
             raise MissingFieldError(

@@ -4,7 +4,8 @@ A template's text never changes under the same name: change a word, bump the ver
 (`cot_v2`), so a prepared dataset's hash and its name both say which prompt it holds.
 
 User turn: the audio, the question, lettered options `(A) ...` and an output-format
-instruction. Assistant turn: `<think>{thinking}</think>\n<answer>{option text}</answer>` (cot)
+instruction; a text-only item (no audio) has no audio block and an instruction that does not ask
+to listen. Assistant turn: `<think>{thinking}</think>\n<answer>{option text}</answer>` (cot)
 or `<answer>{option text}</answer>` (direct). The answer is the option *text*, because the
 official MMAR scorer matches answer words, and a letter-only answer scores zero there.
 """
@@ -27,6 +28,7 @@ class Template:
     name: str
     thinking: bool  # does the assistant turn carry <think>...</think>?
     instruction: str
+    text_only_instruction: str  # the same request for an item without audio
 
 
 TEMPLATES: dict[str, Template] = {
@@ -37,11 +39,16 @@ TEMPLATES: dict[str, Template] = {
             "Listen to the audio, think step by step inside <think></think>, then give the text of "
             "the correct option inside <answer></answer>."
         ),
+        text_only_instruction=(
+            "Think step by step inside <think></think>, then give the text of the correct option "
+            "inside <answer></answer>."
+        ),
     ),
     "direct_v1": Template(
         name="direct_v1",
         thinking=False,
         instruction="Listen to the audio and give the text of the correct option inside <answer></answer>.",
+        text_only_instruction="Give the text of the correct option inside <answer></answer>.",
     ),
 }
 # The template a cot item without thinking falls back to under `missing_thinking: direct`.
@@ -73,9 +80,10 @@ def format_options(choices: list[str]) -> str:
     return "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
 
 
-def user_text(template: Template, question: str, choices: list[str]) -> str:
-    """The text part of the user turn (the audio part precedes it)."""
-    return f"{question.strip()}\n{format_options(choices)}\n{template.instruction}"
+def user_text(template: Template, question: str, choices: list[str], *, text_only: bool = False) -> str:
+    """The text part of the user turn (the audio part, if any, precedes it)."""
+    instruction = template.text_only_instruction if text_only else template.instruction
+    return f"{question.strip()}\n{format_options(choices)}\n{instruction}"
 
 
 def fold_cues(thinking: str, cue: list[str]) -> str:
@@ -127,14 +135,14 @@ def render_sample(
     *,
     template: Template,
     system_prompt: str,
-    audio_path: str,
+    audio_path: str | None,
     audio_duration: float | None,
     seed: int,
     shuffle: bool,
     fold_cue: bool = False,
     missing_thinking: str = "fail",
 ) -> dict:
-    """One sample row in the layout of docs/ARCHITECTURE.md."""
+    """One sample row in the layout of docs/ARCHITECTURE.md; `audio_path` None: a text-only sample."""
     used, thinking = choose_template(template, rec, missing_thinking)
     if thinking is not None:
         thinking = fold_cues(thinking.strip(), rec.cue) if fold_cue else thinking.strip()
@@ -144,15 +152,12 @@ def render_sample(
     # of its letters; scorers compare the chosen option's text, so either letter counts.
     answer_index = shown.index(rec.answer)
     target = target_text(used, rec.answer, thinking)
+    text_only = audio_path is None
+    audio = [] if text_only else [{"type": "audio", "path": audio_path}]
+    question = {"type": "text", "text": user_text(used, rec.question, shown, text_only=text_only)}
     messages = [
         {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
-        {
-            "role": "user",
-            "content": [
-                {"type": "audio", "path": audio_path},
-                {"type": "text", "text": user_text(used, rec.question, shown)},
-            ],
-        },
+        {"role": "user", "content": [*audio, question]},
         {"role": "assistant", "content": [{"type": "text", "text": target}]},
     ]
     return {

@@ -222,6 +222,76 @@ def test_synth_config_prepares_a_local_source_with_audio(tmp_path, caplog):
     assert changed != dataset and (out / "latest").resolve() == changed.resolve()
 
 
+def write_canonical_with_text_only(folder: Path, n_text: int = 12) -> Path:
+    """The tiny MMAR source's 24 audio items as canonical records, plus `n_text` text-only ones
+    (`audio_path` null or left out, no modality: they get "text")."""
+    meta = write_tiny_mmar(folder)
+    items = []
+    for line in meta.read_text().splitlines():
+        mmar = json.loads(line)
+        items.append({k: mmar[k] for k in ("id", "audio_path", "question", "choices", "answer", "modality",
+                                            "category", "thinking", "group")})  # fmt: skip
+    for i in range(n_text):
+        item = {"id": f"text{i}", "question": f"What is {i} + 1?", "choices": [str(i), str(i + 1)],
+                "answer": str(i + 1), "category": "Semantic Layer", "thinking": f"{i} + 1 = {i + 1}."}  # fmt: skip
+        items.append({**item, "audio_path": None} if i % 2 else item)
+    source = folder / "canonical.jsonl"
+    source.write_text("".join(json.dumps(x) + "\n" for x in items))
+    return source
+
+
+@pytest.mark.parametrize("template", ["cot_v1", "direct_v1"])
+def test_canonical_text_only_items_through_prepare(tmp_path, template):
+    from data_prep.export import to_llamafactory
+
+    source = write_canonical_with_text_only(tmp_path / "src")
+    args = synth_args(source, tmp_path / "out", "--source.reader", "canonical", "--template", template)
+    dataset = run(args)
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert manifest["audio"]["checked"] is True and manifest["skipped"] == []
+    assert counts["samples"] == 36 and counts["text_only"] == 12
+    assert sum(counts["per_split_text_only"].values()) == 12 and counts["per_split_text_only"]["train"] > 0
+    splits = all_rows(dataset)
+    for split, rows in splits.items():
+        assert sum(r["audio_path"] is None for r in rows) == counts["per_split_text_only"][split]
+    rows = [r for rows in splits.values() for r in rows]
+    text = [r for r in rows if r["id"].startswith("text")]
+    audio = [r for r in rows if not r["id"].startswith("text")]
+    instruction = TEMPLATES[template]
+    for r in text:
+        assert r["audio_path"] is None and r["audio_duration"] is None and r["modality"] == "text"
+        user = r["messages"][1]["content"]
+        assert [b["type"] for b in user] == ["text"], user  # no audio block
+        assert user[0]["text"].endswith("\n" + instruction.text_only_instruction)
+        assert "audio" not in user[0]["text"].lower()
+        assert parse_target(r["target"])[1] == r["answer"] == r["choices"][r["answer_index"]]
+        exported = to_llamafactory(r)
+        assert exported["audios"] == [] and "<audio>" not in exported["messages"][1]["content"]
+    for r in audio:
+        assert Path(r["audio_path"]).is_file() and r["audio_duration"] == pytest.approx(0.5)
+        user = r["messages"][1]["content"]
+        assert [b["type"] for b in user] == ["audio", "text"]
+        assert user[1]["text"].endswith(instruction.instruction)
+    # Text-only items form their own stratum (modality "text") and keep to their groups.
+    check_disjoint(splits)
+    modalities = {key.split(" | ")[0] for mix in counts["per_split_mix"].values() for key in mix}
+    assert modalities == {"sound", "music", "text"}
+    card = (dataset / "README.md").read_text()
+    line = next(
+        x for x in card.splitlines() if x.startswith("- text-only items (no audio, so no audio check)")
+    )
+    assert line.startswith("- text-only items (no audio, so no audio check): 12 ("), line
+    assert all(f"{k} {n}" in line for k, n in counts["per_split_text_only"].items() if n), line
+    # The HF copy keeps them text-only after the datasets round trip (blocks gain every key).
+    from datasets import load_from_disk
+
+    hf = load_from_disk(str(dataset / "hf" / "train"))
+    hf_text = [r for r in hf if r["id"].startswith("text")]
+    assert hf_text and all(r["audio_path"] is None for r in hf_text)
+    assert all(b["type"] == "text" for r in hf_text for b in r["messages"][1]["content"])
+
+
 def test_export_cli_on_an_existing_dataset(tmp_path):
     from data_prep.export import main as export_main
 

@@ -15,6 +15,7 @@ from data_prep.readers import get_reader, load_records
 from data_prep.schema import (
     EMPTY_CHOICE_TAG,
     AnswerNotInChoicesError,
+    DataError,
     DuplicateIdError,
     InvalidFieldError,
     MalformedCSVError,
@@ -202,6 +203,53 @@ def test_canonical_reader(tmp_path):
     assert [r.id for r in records] == ["c1"] and records[0].group == "G" and records[0].tags == ["mine"]
     assert records[0].original == good and records[0].source == "canonical"
     assert skips[0].id == "c2" and "anser" in skips[0].reason and skips[0].where.endswith("c.jsonl:2")
+
+
+def test_canonical_text_only_items_have_no_audio_path_and_default_to_text_modality(tmp_path):
+    base = {"question": "2 + 2?", "choices": ["3", "4"], "answer": "4", "category": "Semantic Layer"}
+    items = [
+        {**base, "id": "t-null", "audio_path": None},
+        {**base, "id": "t-absent"},
+        {**base, "id": "t-own-modality", "modality": "math"},
+        {**base, "id": "t-blank", "audio_path": " "},  # a lost path, not a decision: refused
+        {**base, "id": "a-no-modality", "audio_path": "a.wav"},  # audio items still need a modality
+    ]
+    src = write_jsonl(tmp_path / "c.jsonl", items)
+    records, skips = load_records(SourceConfig(reader="canonical", path=str(src)))
+    assert [(r.id, r.audio_path, r.modality, r.text_only) for r in records] == [
+        ("t-null", None, "text", True),
+        ("t-absent", None, "text", True),
+        ("t-own-modality", None, "math", True),
+    ]
+    assert [(s.id, s.reason.split(":")[0]) for s in skips] == [
+        ("t-blank", "InvalidFieldError"),
+        ("a-no-modality", "MissingFieldError"),
+    ]
+    assert "field 'audio_path'" in skips[0].reason and "null" in skips[0].reason
+    assert "field 'modality'" in skips[1].reason
+
+
+@pytest.mark.parametrize("reader", ["mmar", "mmau", "muchomusic"])
+def test_benchmark_readers_still_require_audio(tmp_path, reader):
+    """Only the canonical reader makes text-only items: a benchmark item without its clip is an error
+    naming the item and the field."""
+    cfg = SourceConfig(reader=reader)
+    if reader == "mmar":
+        item = {k: v for k, v in mmar_item(0).items() if k != "audio_path"}
+        cfg.path, item_id, field = str(write_jsonl(tmp_path / "m.jsonl", [item])), item["id"], "audio_path"
+    elif reader == "mmau":
+        items = json.loads(write_mmau(tmp_path / "mmau.json").read_text())
+        del items[0]["audio_id"]
+        (tmp_path / "mmau.json").write_text(json.dumps(items))
+        cfg.path, item_id, field = str(tmp_path / "mmau.json"), "mmau-0", "audio_id"
+    else:  # no audio_path column and a template the row cannot fill: no clip for the item
+        cfg.path, item_id, field = str(write_muchomusic(tmp_path / "mcm.csv")), "0", "audio_template"
+        cfg.audio_template = "{no_such_column}.wav"
+    with pytest.raises(DataError) as info:
+        load_records(cfg, strict=True)
+    assert info.value.item_id == item_id and info.value.field == field, str(info.value)
+    records, skips = load_records(cfg)
+    assert item_id in {s.id for s in skips} and item_id not in {r.id for r in records}
 
 
 # ---------------------------------------------------------------- bad input
