@@ -158,7 +158,18 @@ def encode(
     processor: Any, texts: list[str], audios: list[Any] | None, *, padding_side: str
 ) -> dict[str, Any]:
     """Tokenize + extract features; returns input_ids, attention_mask and, with audio,
-    input_features (clips, 128, 3000) and input_features_mask (clips, 3000)."""
+    input_features (clips, 128, 3000) and input_features_mask (clips, 3000).
+
+    Samples without a clip (text-only) may sit in the same batch as samples with one."""
+    with_clip = [i for i, text in enumerate(texts) if AUDIO_PLACEHOLDER in text]
+    if audios and len(with_clip) < len(texts):
+        return _encode_mixed(processor, texts, list(audios), with_clip, padding_side)
+    return _encode_paired(processor, texts, audios, padding_side)
+
+
+def _encode_paired(
+    processor: Any, texts: list[str], audios: list[Any] | None, padding_side: str
+) -> dict[str, Any]:
     # No top-level `padding`: it would reach the feature extractor too, which must pad every clip to
     # the full window (the processor pads the text by default).
     kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding_side": padding_side}
@@ -174,6 +185,31 @@ def encode(
     out = dict(processor(**kwargs))
     out.pop("num_audio_tokens", None)  # bookkeeping output the forward does not take
     return out
+
+
+def _encode_mixed(
+    processor: Any, texts: list[str], audios: list[Any], with_clip: list[int], padding_side: str
+) -> dict[str, Any]:
+    """A batch where some samples have a clip and some have none. The processor pairs texts and clips
+    one to one, so the two kinds are encoded apart, then their unpadded token rows are padded
+    together again in the batch's order (the clips' features keep theirs)."""
+    without = [i for i in range(len(texts)) if i not in with_clip]
+    encoded = {
+        "clip": _encode_paired(processor, [texts[i] for i in with_clip], audios, padding_side),
+        "text": _encode_paired(processor, [texts[i] for i in without], None, padding_side),
+    }
+    rows: dict[int, list[int]] = {}
+    for kind, indices in (("clip", with_clip), ("text", without)):
+        ids, mask = encoded[kind]["input_ids"], encoded[kind]["attention_mask"].bool()
+        rows.update({i: ids[r][mask[r]].tolist() for r, i in enumerate(indices)})
+    padded = processor.tokenizer.pad(
+        {"input_ids": [rows[i] for i in range(len(texts))]},
+        padding=True,
+        padding_side=padding_side,
+        return_tensors="pt",
+    )
+    features = {k: v for k, v in encoded["clip"].items() if k not in ("input_ids", "attention_mask")}
+    return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"], **features}
 
 
 def _tiny_processor(out_dir: Path, tokenizer_source: str, window_seconds: int) -> Any:
