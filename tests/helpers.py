@@ -18,3 +18,17 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port in 20000-29999")
+
+
+def text_only_copy(row: dict, suffix: str = "#text") -> dict:
+    """A sample row without its audio, as data_prep writes a text-only item: no audio block,
+    `audio_path` and `audio_duration` None (the user text keeps its wording)."""
+    import copy
+
+    out = copy.deepcopy(row)
+    out["id"] = f"{row['id']}{suffix}"
+    out["audio_path"] = out["audio_duration"] = None
+    for message in out["messages"]:
+        if not isinstance(message["content"], str):
+            message["content"] = [b for b in message["content"] if b.get("type") != "audio"]
+    return out

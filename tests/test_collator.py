@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import text_only_copy
 
 from models import get_family
 from models import inputs as collator_module
@@ -89,6 +90,34 @@ def test_labels_are_exactly_the_assistant_turn(setup):
         assert batch["attention_mask"][i][pos].all()
     # 25 placeholder tokens per second of audio.
     assert [(ids == audio_id).sum().item() for ids in batch["input_ids"]] == [25, 50, 15]
+
+
+def test_text_only_rows_alone_and_mixed_with_audio_rows(setup, model):
+    """Rows without audio (data_prep's text-only items) collate alone and beside audio rows: labels
+    are exactly the assistant turn, placeholders only where a clip is, one feature row per clip,
+    and the model takes both batches on one process."""
+    family, processor, rows = setup
+    text = [text_only_copy(r) for r in rows]
+    for row in text:
+        lengths = sample_token_length(family, processor, row)
+        assert (lengths.audio_end, lengths.audio_tokens) == (0, 0) and 0 < lengths.prompt < lengths.total
+    assert filter_by_length(family, processor, text, 1024) == ([0, 1, 2], [])
+    mixed = [rows[0], text[1], rows[2], text[0]]
+    batch = AudioChatCollator(family, processor, max_length=None)(mixed)
+    tok = processor.tokenizer
+    audio_id = tok.convert_tokens_to_ids("<|AUDIO|>")
+    for i, answer in enumerate([ANSWERS[0], ANSWERS[1], ANSWERS[2], ANSWERS[0]]):
+        labels = batch["labels"][i]
+        assert tok.decode(labels[labels != IGNORE_INDEX]) == answer + "<|im_end|>"
+    assert [(ids == audio_id).sum().item() for ids in batch["input_ids"]] == [25, 0, 15, 0]
+    assert batch["input_features"].shape[0] == batch["feature_attention_mask"].shape[0] == 2
+    text_batch = AudioChatCollator(family, processor, max_length=None)(text)
+    assert "input_features" not in text_batch and not (text_batch["input_ids"] == audio_id).any()
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss) and torch.isfinite(model(**text_batch).loss)
+    prompts = encode_prompts(family, processor, mixed, audio_mode="noise", seed=1)
+    assert prompts["input_features"].shape[0] == 2 and prompts["attention_mask"][:, -1].all()
+    assert [(ids == audio_id).sum().item() for ids in prompts["input_ids"]] == [25, 0, 15, 0]
 
 
 def test_batch_without_label_tokens_raises(setup, monkeypatch):

@@ -21,11 +21,12 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port
+from helpers import free_port, text_only_copy
 
 from models import family_of, get_family
 from models.interface import check_family
@@ -160,6 +161,106 @@ def test_collate_labels_are_the_assistant_turn_and_audio_counts_match(family, ti
     with torch.no_grad():
         out = model(**batch)  # the model's own audio feature/token check runs here
     assert torch.isfinite(out.loss)
+
+
+def test_collate_mixes_text_only_and_audio_rows(family, tiny, rows):
+    """Text-only rows (no audio) in a batch with audio rows: labels are still exactly the assistant
+    turn, one feature row per clip, each row's tokens as when collated alone; the model takes it."""
+    from models.inputs import AudioChatCollator
+
+    processor = family.load_processor(str(tiny))
+    collator = AudioChatCollator(family, processor, max_length=None)
+    mixed = [rows[0], text_only_copy(rows[1]), rows[2], text_only_copy(rows[0])]
+    batch = collator(mixed)
+    tok = processor.tokenizer
+    audio_id = tok.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
+    for i, row in enumerate(mixed):
+        labels, ids, mask = batch["labels"][i], batch["input_ids"][i], batch["attention_mask"][i].bool()
+        assert tok.decode(ids[labels != IGNORE]) == row["target"] + family.TURN_END_TOKEN
+        alone = collator([row])
+        assert torch.equal(ids[mask], alone["input_ids"][0][alone["attention_mask"][0].bool()]), row["id"]
+        assert bool((ids == audio_id).any()) == (row["audio_path"] is not None)
+    for key in family.AUDIO_FEATURE_KEYS:
+        assert batch[key].shape[0] == 2, key  # the two clips only
+    text_only = collator([text_only_copy(r) for r in rows[:2]])
+    assert not set(family.AUDIO_FEATURE_KEYS) & set(text_only)
+    model = family.load_model(str(tiny), dtype="float32", attn_implementation="eager")
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss) and torch.isfinite(model(**text_only).loss)
+
+
+def _gather_order(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor]) -> tuple[list, list]:
+    """Modules that own parameters, in the order their forward runs and in the order the backward
+    reaches their output: the order in which DeepSpeed ZeRO-3 gathers their weights."""
+    forward: list[str] = []
+    backward: list[str] = []
+
+    def after_forward(name: str):
+        def hook(module, args, output):
+            out = output if isinstance(output, torch.Tensor) else getattr(output, "last_hidden_state", None)
+            if out is None and isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+                out = output[0]
+            if out is not None and out.requires_grad:
+                out.register_hook(lambda grad: backward.append(name))
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if next(module.parameters(recurse=False), None) is not None:
+            handles.append(module.register_forward_pre_hook(lambda m, a, name=name: forward.append(name)))
+            handles.append(module.register_forward_hook(after_forward(name)))
+    try:
+        loss_of().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return forward, backward
+
+
+def test_silent_audio_pass_matches_an_audio_batch_and_keeps_the_loss(family, tiny, rows):
+    """A text-only batch under the SFT forward runs the audio path on silence: the same modules in the
+    same order as an audio batch, forward and backward (what ZeRO-3 ranks must agree on), with the
+    loss and every gradient of the plain text-only forward, and a zero gradient for the projector."""
+    from models.inputs import AudioChatCollator
+    from models.silent_audio import SilentAudioPass
+    from train import label_only_loss
+    from train.components import add_lora
+    from train.config import LoraSettings
+
+    processor = family.load_processor(str(tiny))
+    collator = AudioChatCollator(family, processor, max_length=None)
+    audio_batch = collator(rows[:2])
+    text_batch = collator([text_only_copy(r) for r in rows[:2]])
+    model = family.load_model(str(tiny), dtype="float32", attn_implementation="eager")
+    model = add_lora(model, family, LoraSettings(r=4, alpha=8, dropout=0.0, train_projector=True))
+    silent = SilentAudioPass.for_processor(family, processor)
+
+    def loss_of(batch: dict, pass_: SilentAudioPass | None) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            label_only_loss.uninstall(model)
+            label_only_loss.install(model, silent_audio=pass_)
+            model.zero_grad(set_to_none=True)
+            return model(**batch).loss
+
+        return run
+
+    with_audio = _gather_order(model, loss_of(audio_batch, silent))
+    with_silence = _gather_order(model, loss_of(text_batch, silent))
+    assert with_silence == with_audio
+    assert any(f".{family.AUDIO_ENCODER}." in f".{n}." for n in with_silence[0])
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    loss = loss_of(text_batch, silent)().item()
+    plain_loss = loss_of(text_batch, None)()
+    plain_loss.backward()
+    assert loss == plain_loss.item()
+    plain = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    label_only_loss.uninstall(model)
+    projector = {n for n in grads if f".{family.PROJECTOR}." in f".{n}."}
+    assert projector and projector.isdisjoint(plain), "without the pass the projector has no gradient"
+    assert all(not grads[n].any() for n in projector)
+    assert plain.keys() == grads.keys() - projector
+    assert all(torch.equal(grads[n], plain[n]) for n in plain)
 
 
 def test_make_tiny_window_seconds_sets_the_longest_clip(name, family, rows, tmp_path):

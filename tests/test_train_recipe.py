@@ -5,6 +5,8 @@ Runs (each reused by several tests):
   zero2_straight  deepspeed, 2 ranks, ZeRO-2, 4 steps, 12 distinct samples, W&B offline
   crash + resume  the same command killed (-9) after checkpoint-2, then `--resume_from_checkpoint latest`
   zero3_same      deepspeed, 2 ranks, ZeRO-3, 1 step of micro-batch 1, one sample repeated
+  zero3 + text    deepspeed, 2 ranks, ZeRO-3, 1 step: one rank's micro-batch has audio, the other's is
+                  a text-only item (data_prep's canonical reader, `audio_path: null`)
   python_same     plain `python train.py` with the ZeRO-2 JSON (single-process rendezvous), batch 2
   ga2_same        in-process, no DeepSpeed, micro-batch 1 x gradient accumulation 2
 """
@@ -201,6 +203,78 @@ def test_zero3_two_ranks_and_loss_is_not_scaled_by_ranks_or_accumulation(
     losses = {"2 ranks": _first_loss(z3), "1 rank": _first_loss(one), "GA 2": _first_loss(ga2_same)}
     ref = _full_logits_loss(tiny_qwen2_audio_fast, datasets_dir["same"])
     assert all(abs(v - ref) <= 1e-6 * ref for v in losses.values()), (losses, ref)
+
+
+@pytest.fixture(scope="module")
+def audio_and_text_only(synth_dir: Path, tmp_path_factory) -> Path:
+    """A prepared dataset of two training samples, as a user makes one: a synthetic item with its clip
+    and a text-only item (`audio_path: null`) in the canonical format, through data_prep.prepare."""
+    from data_prep.prepare import run
+
+    root = tmp_path_factory.mktemp("text-only-data")
+    item = json.loads((synth_dir / "meta.jsonl").read_text().splitlines()[0])
+    keys = ("id", "audio_path", "question", "choices", "answer", "modality", "category", "thinking", "group")
+    text_only = {"id": "text-0", "audio_path": None, "question": "Which number is larger?", "choices": ["7", "4"],
+                 "answer": "7", "category": "Semantic Layer", "thinking": "7 is more than 4."}  # fmt: skip
+    source = root / "canonical.jsonl"
+    source.write_text("".join(json.dumps(x) + "\n" for x in ({k: item[k] for k in keys}, text_only)))
+    return run(["--config", str(REPO / "configs/data/synth_cot.yaml"), "--source.reader", "canonical",
+                "--source.path", str(source), "--audio_root", str(synth_dir), "--out_dir", str(root / "out"),
+                "--split.mode", "holdout", "--split.holdout_split", "train"])  # fmt: skip
+
+
+def _own_loss(model_dir: Path, row: dict) -> float:
+    """The model's own full-logits loss on one row (no label-only head, no silent audio pass)."""
+    import torch
+
+    from models import get_family
+    from models.inputs import AudioChatCollator
+
+    family = get_family("qwen2_audio")
+    processor = family.load_processor(str(model_dir))
+    model = family.load_model(str(model_dir), dtype="float32", attn_implementation="eager")
+    with torch.no_grad():
+        return model(**AudioChatCollator(family, processor, 1024)([row])).loss.item()
+
+
+@pytest.mark.slow
+def test_zero3_two_ranks_one_text_only_batch_finishes_with_the_single_process_loss(
+    tiny_qwen2_audio_fast: Path, audio_and_text_only: Path, tmp_path: Path
+) -> None:
+    """One rank's micro-batch has audio, the other's is text-only. Without the silent audio pass
+    (models/silent_audio.py) the text-only rank skipped the encoder and the ranks' ZeRO-3 gathers
+    mismatched: gloo aborted at step 1, NCCL waits until the collective timeout. The short timeout
+    here makes such a regression fail in about a minute instead of hanging CI.
+
+    Both ranks finish, with the loss of a single process on the same data (micro-batch 1 x gradient
+    accumulation 2) and the model's own losses of the two rows, and the same adapter."""
+    from datasets import load_from_disk
+
+    from train import sft
+    from train.config import load_config
+
+    manifest = json.loads((audio_and_text_only / "manifest.json").read_text())
+    assert manifest["counts"]["per_split"] == {"train": 2} and manifest["counts"]["text_only"] == 1
+    z3 = tmp_path / "zero3"
+    argv = _argv(tiny_qwen2_audio_fast, audio_and_text_only, z3, max_steps=1, per_device_train_batch_size=1,
+                 deepspeed="configs/deepspeed/zero3.json", collective_timeout_s=60, dataloader_num_workers=0)  # fmt: skip
+    _ok(_launch(argv, ranks=2, timeout=300))  # 2 samples, 2 ranks, micro-batch 1: one text-only rank
+    info = json.loads((z3 / "run_info.json").read_text())
+    assert info["world_size"] == 2 and len(set(info["adapter_digests"])) == 1
+
+    one = tmp_path / "one-process"
+    sft.main(load_config(_argv(tiny_qwen2_audio_fast, audio_and_text_only, one, max_steps=1,
+                               per_device_train_batch_size=1, gradient_accumulation_steps=2, deepspeed="null",
+                               dataloader_num_workers=0)))  # fmt: skip
+    rows = list(load_from_disk(str(audio_and_text_only / "hf" / "train")))
+    assert sorted(r["audio_path"] is None for r in rows) == [False, True]
+    own = sum(_own_loss(tiny_qwen2_audio_fast, r) for r in rows) / 2  # each rank's mean, averaged
+    assert _first_loss(z3) == pytest.approx(own, rel=1e-5)
+    assert _first_loss(one) == pytest.approx(own, rel=1e-5)
+    z3_tensors, ref = _adapter_tensors(z3), _adapter_tensors(one)
+    assert z3_tensors.keys() == ref.keys()
+    for key in ref:
+        assert (z3_tensors[key] - ref[key]).abs().max() < 1e-5, key
 
 
 @pytest.mark.slow

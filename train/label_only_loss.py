@@ -24,17 +24,26 @@ The patched forward has three modes:
                              exactly as before: see train/sft.py check_loss_scaling).
   - `logits_to_keep=k`    -> logits of the last k positions only (GRPO's log-prob forwards).
   - neither, or a generation call (a KV cache / use_cache) -> the model's own forward, unchanged.
+
+With `install(model, silent_audio=...)` (the SFT recipe), a `labels=` forward on a batch without audio
+(text-only rows) also runs the audio encoder and projector on a silent clip and adds 0 * their output
+to the input embeddings, so that every rank of a ZeRO-3 run gathers the same weights
+(models/silent_audio.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+if TYPE_CHECKING:
+    from models.silent_audio import SilentAudioPass
 
 IGNORE_INDEX = -100
 _MARK = "_label_only_original_forward"
@@ -48,10 +57,12 @@ def transformers_model(model: Any) -> Any:
     return get_base() if callable(get_base) else model
 
 
-def install(model: Any) -> Any:
+def install(model: Any, silent_audio: SilentAudioPass | None = None) -> Any:
     """Replace the forward of `model`'s transformers model with the label-only one; returns `model`.
 
-    Idempotent; `uninstall` restores the model's own forward.
+    `silent_audio`: run the audio path on a silent clip in loss forwards of batches without audio
+    (needed under ZeRO-3 when batches may be text-only). Idempotent; `uninstall` restores the model's
+    own forward.
     """
     target = transformers_model(model)
     if getattr(target, _MARK, None) is not None:
@@ -66,7 +77,7 @@ def install(model: Any) -> Any:
         )
     original = target.forward
     setattr(target, _MARK, original)
-    forward = _make_forward(original, type(target).forward)
+    forward = _make_forward(original, type(target).forward, silent_audio)
     target.forward = types.MethodType(forward, target)
     return model
 
@@ -85,7 +96,7 @@ def is_installed(model: Any) -> bool:
     return getattr(transformers_model(model), _MARK, None) is not None
 
 
-def _make_forward(original: Any, class_forward: Any):
+def _make_forward(original: Any, class_forward: Any, silent_audio: SilentAudioPass | None):
     # Keep the class's signature: `generate` validates its model kwargs against it.
     @functools.wraps(class_forward)
     def forward(
@@ -106,10 +117,15 @@ def _make_forward(original: Any, class_forward: Any):
                 kwargs["logits_to_keep"] = logits_to_keep
             return original(*args, **kwargs)
         kwargs["use_cache"] = False  # training forwards: no KV cache
-        hidden = backbone_hidden_states(self, *args, **kwargs)
         if labels is None:
+            hidden = backbone_hidden_states(self, *args, **kwargs)
             logits = self.get_output_embeddings()(hidden[:, -logits_to_keep:])
             return CausalLMOutputWithPast(logits=logits)
+        # A batch without audio: the encoder and projector still run (on silence) where they would
+        # for audio, so a ZeRO-3 rank gathers what the others gather; 0 * output keeps the loss.
+        no_audio = silent_audio is not None and silent_audio.needed(kwargs)
+        with silent_audio.after_input_embeddings(self) if no_audio else contextlib.nullcontext():
+            hidden = backbone_hidden_states(self, *args, **kwargs)
         loss = label_only_cross_entropy(self, hidden, labels, num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss)
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 import inspect
 import logging
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from transformers import Trainer
 
 from common.logging_utils import is_main_process
+from models.silent_audio import SilentAudioPass
 from train import components, label_only_loss, run_files, tracking
 from train.config import TrainConfig
 
@@ -67,7 +69,7 @@ def main(cfg: TrainConfig) -> Path:
     run_files.write_run_files(out, cfg, run_info)
     wandb_mode = tracking.start_run(cfg, run_info)
     callbacks = tracking.tracking_callbacks(cfg, wandb_mode)
-    trainer = build_trainer(cfg, model, processor, collator, train_ds, val_ds, callbacks)
+    trainer = build_trainer(cfg, model, family, processor, collator, train_ds, val_ds, callbacks)
 
     # 6. train
     result = trainer.train(resume_from_checkpoint=components.resolve_resume(cfg.training))
@@ -142,16 +144,25 @@ def sft_args(cfg: TrainConfig, has_val: bool) -> Any:
 
 
 def build_trainer(
-    cfg: TrainConfig, model: Any, processor: Any, collator: Any, train_ds: Any, val_ds: Any, callbacks: list
+    cfg: TrainConfig,
+    model: Any,
+    family: ModuleType,
+    processor: Any,
+    collator: Any,
+    train_ds: Any,
+    val_ds: Any,
+    callbacks: list,
 ) -> Any:
     """A transformers.Trainer whose model computes the LM head and the loss at label positions only,
     with a resume-exact training loader.
 
     Not trl's SFTTrainer: its compute_loss always runs its fused head over the whole vocabulary, with
     entropy and token accuracy for logging (~95% of a tiny-model step; on CPU over every position).
-    See train/label_only_loss.py; the loss is the same number.
+    See train/label_only_loss.py; the loss is the same number. Batches without audio (text-only rows)
+    still run the audio encoder, on silence, so ZeRO-3 ranks stay in step (models/silent_audio.py).
     """
     return LabelOnlyLossTrainer(
+        silent_audio=SilentAudioPass.for_processor(family, processor),
         model=model,
         args=sft_args(cfg, has_val=val_ds is not None),
         train_dataset=train_ds,
@@ -168,17 +179,18 @@ class LabelOnlyLossTrainer(Trainer):
     The Trainer's own compute_loss is used as it is: `num_items_in_batch`, gradient accumulation
     and world-size scaling follow the model's `accepts_loss_kwargs` (check_loss_scaling), as for
     any model; only the model's forward changes. No logits exist, so `compute_metrics` and
-    `preprocess_logits_for_metrics` are refused rather than silently fed nothing.
+    `preprocess_logits_for_metrics` are refused rather than silently fed nothing. `silent_audio`:
+    see train/label_only_loss.py `install`.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, silent_audio: SilentAudioPass | None = None, **kwargs: Any):
         for name in ("compute_metrics", "preprocess_logits_for_metrics"):
             if kwargs.get(name) is not None:
                 raise ValueError(
                     f"{name} needs the full logits, which the label-only loss never builds; "
                     "evaluate the saved adapter with eval.run instead"
                 )
-        label_only_loss.install(kwargs["model"])
+        label_only_loss.install(kwargs["model"], silent_audio=silent_audio)
         super().__init__(*args, **kwargs)
 
     def get_train_dataloader(self) -> Any:
