@@ -146,6 +146,8 @@ class VLLMServer:
         command = [str(python), "-m", "vllm.entrypoints.openai.api_server", *self._args]
         log.info("starting vLLM on %s (log: %s): %s", self.root_url, self.log_path, " ".join(command))
         with open(self.log_path, "ab") as sink:
+            sink.write(f"# {self.root_url}: {' '.join(command)}\n".encode())
+            sink.flush()
             # Its own session: stop() signals the whole group (vLLM forks an engine-core process).
             self._process = subprocess.Popen(
                 command, stdout=sink, stderr=subprocess.STDOUT, env=self._env, start_new_session=True

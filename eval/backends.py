@@ -29,10 +29,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from common.openai_retry import RetriesExhausted
 from common.vllm_server import VLLMError, VLLMServer, is_cpu_build, vllm_python
 from models.serving import (
     Sampling,
     ServerClient,
+    ServingError,
     check_prompt_ids,
     prompt_token_ids,
     request_messages,
@@ -94,10 +96,13 @@ def remote_client(cfg: Any, family: ModuleType, processor: Any, out: Path) -> It
     if cfg.backend == "openai":
         api_key = os.environ.get(cfg.api_key_env) or "EMPTY"
         try:
-            yield ServerClient(cfg.base_url, model=cfg.served_model, api_key=api_key, timeout_s=cfg.request_timeout_s,
-                               max_retries=cfg.request_retries)  # fmt: skip
-        except RuntimeError as e:  # RetriesExhausted: nobody answers there
+            client = ServerClient(cfg.base_url, model=cfg.served_model, api_key=api_key,
+                                  timeout_s=cfg.request_timeout_s, max_retries=cfg.request_retries)  # fmt: skip
+        except RetriesExhausted as e:
             raise BackendError(f"--base_url {cfg.base_url} did not answer: {e}") from e
+        except ServingError as e:
+            raise BackendError(str(e)) from e
+        yield client
         return
     refusal = vllm_refusal(family, cfg.model, processor, cpu=is_cpu_build(vllm_python()))
     if refusal:

@@ -111,7 +111,7 @@ class EvalConfig:
     vllm_max_model_len: int = _f(4096, "vllm: the server's context length (prompt, audio tokens and answer).")
     vllm_startup_timeout_s: float = _f(900.0, "vllm: seconds to wait for the server to become healthy.")
     vllm_args: str = _f(
-        "", "vllm: extra server flags, e.g. '--tensor-parallel-size 2' or '--enforce-eager' (no compile)."
+        "", "vllm: extra server flags, as --vllm_args='--tensor-parallel-size 2' ('--enforce-eager': no compile)."
     )
     wandb: bool = _f(False, "Log metrics (eval/acc/<layer>) to W&B.")
     wandb_project: str = _f("audio-reasoning-tuner", "W&B project.")

@@ -129,7 +129,9 @@ class GrpoSettings:
         "trainer's log-probs against the server's. Needed when vllm_sync_every > 1.",
     )
     vllm_max_model_len: int = _f(4096, "The vLLM server's context length (prompt, audio tokens, completion).")
-    vllm_args: str = _f("", "Extra vLLM server flags, e.g. '--enforce-eager' (no compile: starts faster).")
+    vllm_args: str = _f(
+        "", "Extra vLLM server flags, as --grpo.vllm_args='--enforce-eager' (no compile: starts faster)."
+    )
     vllm_devices: str | None = _f(
         None, "CUDA_VISIBLE_DEVICES of the vLLM server, e.g. '7' with training on 0-6 (null = inherit)."
     )
