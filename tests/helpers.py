@@ -32,3 +32,19 @@ def text_only_copy(row: dict, suffix: str = "#text") -> dict:
         if not isinstance(message["content"], str):
             message["content"] = [b for b in message["content"] if b.get("type") != "audio"]
     return out
+
+
+def vllm_missing() -> str | None:
+    """Why the tests that need real vLLM skip (its venv is absent), or None to run them. Under
+    ART_REQUIRE_VLLM=1 (`make test`, after installing the venv) they run and fail instead."""
+    import os
+
+    from common import vllm_server
+
+    if os.environ.get("ART_REQUIRE_VLLM") == "1":
+        return None
+    try:
+        vllm_server.vllm_python()
+    except vllm_server.VLLMError:
+        return "vLLM venv absent (make vllm); `make test` installs it and requires these tests"
+    return None

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import vllm_missing
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +27,9 @@ BENCHES = {
         "tokenizer",
     ),
     "gpu_throughput": ("train", "generation", "forbidden_imports", "device"),
+    "eval_backends": ("hf_items_per_s", "vllm_items_per_s", "speedup", "identical_frac"),
 }
+NEEDS_VLLM = {"eval_backends"}
 
 
 def _last_json(stdout: str) -> dict:
@@ -36,6 +39,8 @@ def _last_json(stdout: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(BENCHES))
 def test_bench_quick_prints_json_last(name, tmp_path):
+    if name in NEEDS_VLLM and vllm_missing():
+        pytest.skip(vllm_missing())
     proc = subprocess.run(
         [sys.executable, "-m", f"bench.{name}", "--quick", "--workdir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=600,

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import vllm_missing
 
 from common import vllm_server
 from common.io import read_jsonl
@@ -35,18 +36,7 @@ N_ITEMS, NEW_TOKENS = 50, 48
 EAGER = "--vllm_args=--enforce-eager"
 
 
-def _vllm_installed() -> bool:
-    try:
-        vllm_server.vllm_python()
-    except vllm_server.VLLMError:
-        return False
-    return True
-
-
-requires_vllm = pytest.mark.skipif(
-    not _vllm_installed() and os.environ.get("ART_REQUIRE_VLLM") != "1",
-    reason="vLLM venv absent (make vllm); `make test` installs it and requires these tests",
-)
+requires_vllm = pytest.mark.skipif(vllm_missing() is not None, reason=str(vllm_missing()))
 
 
 @pytest.fixture(scope="session")
