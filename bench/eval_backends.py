@@ -16,8 +16,10 @@ batching of a memory-bound decode); the figure here is the price or gain of the 
 from __future__ import annotations
 
 import re
+import shutil
 import time
 import urllib.request
+from pathlib import Path
 
 from bench._common import emit, parse_args, print_table, real_tokenizer_if_present, synth_dataset, workdir
 
@@ -45,9 +47,12 @@ def served_tiny_model(work, seed: int, tokenizer: str):
     return out
 
 
-def timed_run(argv: list[str]) -> float:
+def timed_run(argv: list[str], out: Path) -> float:
+    """Seconds of one `eval.run` into a fresh `out` (a kept one would resume and time nothing)."""
     from eval import run
 
+    shutil.rmtree(out, ignore_errors=True)
+    argv = [*argv, "--out", str(out)]
     start = time.perf_counter()
     run.run(run.parse_config(run.EvalConfig, argv))
     return time.perf_counter() - start
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         common = ["--model", str(model), "--data", str(data), "--split", "test", "--limit", str(size["items"]),
                   "--max_new_tokens", str(size["max_new_tokens"]), "--seed", str(args.seed)]  # fmt: skip
-        t_hf = timed_run([*common, "--out", str(work / "hf"), "--backend", "hf"])
+        t_hf = timed_run([*common, "--backend", "hf"], work / "hf")
         extra = ["--enforce-eager"] if args.eager or args.quick else []
         started = time.perf_counter()
         server = VLLMServer(model, log_path=work / "vllm.log", served_model_name="bench", seed=args.seed,
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         with server:
             t_start = time.perf_counter() - started
             remote = ["--backend", "openai", "--base_url", server.base_url, "--served_model", "bench"]
-            t_vllm = timed_run([*common, "--out", str(work / "vllm"), *remote])
+            t_vllm = timed_run([*common, *remote], work / "vllm")
             phases = server_seconds(server.root_url)
         hf = {r["id"]: r for r in read_jsonl(work / "hf" / "predictions.jsonl")}
         vllm = {r["id"]: r for r in read_jsonl(work / "vllm" / "predictions.jsonl")}

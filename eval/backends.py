@@ -138,7 +138,7 @@ def answer(
 
     audio_mode = getattr(cfg, "audio", "real")
     waves = prompt_audio(family, processor, row, audio_mode=audio_mode, seed=cfg.seed)
-    messages = request_messages(family, processor, row, audio_mode=audio_mode, seed=cfg.seed)
+    messages = request_messages(family, row, waves, audio_mode=audio_mode)
     sampling = Sampling(max_tokens=cfg.max_new_tokens, seed=cfg.seed, stop_token_ids=tuple(sorted(stops)))
     done = client.complete(messages, sampling, label=f"item {row['id']}")
     check_prompt_ids(

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from common.openai_retry import with_retries
-from models.inputs import prompt_audio, prompt_messages
+from models.inputs import prompt_messages
 
 
 class ServingError(RuntimeError):
@@ -40,10 +40,11 @@ def wav_base64(wave: np.ndarray, sampling_rate: int) -> str:
 
 
 def request_messages(
-    family: ModuleType, processor: Any, row: dict, *, audio_mode: str = "real", seed: int = 0
+    family: ModuleType, row: dict, waves: list[np.ndarray], *, audio_mode: str = "real"
 ) -> list[dict]:
-    """OpenAI chat messages for a prepared row's prompt, its audio inline as `input_audio` parts."""
-    waves = iter(prompt_audio(family, processor, row, audio_mode=audio_mode, seed=seed))
+    """OpenAI chat messages for a prepared row's prompt, with `waves` (its `prompt_audio`, one per
+    audio block) inline as `input_audio` parts."""
+    waves = iter(waves)
     messages = []
     for message in prompt_messages(row, audio_mode):
         content = message["content"]

@@ -201,12 +201,16 @@ def test_the_server_hears_each_requests_own_clip(qwen2_audio_server, served_mode
         # The questions about one scene share its clip (copies): take a row of another scene.
         other = next(r for r in rows[i + 1 :] + rows[:i] if r["group"] != row["group"])
         (wave,) = prompt_audio(family, processor, row)
-        own = client.complete(request_messages(family, processor, row), greedy, label=row["id"])
+        own = client.complete(request_messages(family, row, [wave]), greedy, label=row["id"])
         assert own.prompt_token_ids == prompt_token_ids(family, processor, row, [wave])
         assert own.prompt_token_ids.count(audio_id) == family.num_audio_tokens(processor, len(wave)) > 0
         swapped = json.loads(json.dumps(row))
         swapped["messages"][1]["content"][0]["path"] = other["audio_path"]
-        heard = client.complete(request_messages(family, processor, swapped), greedy, label="swapped")
+        heard = client.complete(
+            request_messages(family, swapped, prompt_audio(family, processor, swapped)),
+            greedy,
+            label="swapped",
+        )
         assert (
             heard.token_ids != own.token_ids
             or max(abs(a - b) for a, b in zip(heard.logprobs, own.logprobs)) > 1e-4

@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any
 
 from common.vllm_server import VLLMServer, is_cpu_build, vllm_python
+from models.inputs import prompt_audio
 from models.merge import save_merged_weights
 from models.serving import (
     Sampling,
@@ -82,7 +83,8 @@ class VLLMRollouts:
         messages: dict[str, list[dict]] = {}  # trl repeats each prompt num_generations times
         for row in rows:
             if row["id"] not in messages:
-                messages[row["id"]] = request_messages(self.family, self.processor, row)
+                waves = prompt_audio(self.family, self.processor, row)
+                messages[row["id"]] = request_messages(self.family, row, waves)
 
         def one(i: int) -> tuple[list[int], list[float]]:
             row = rows[i]
