@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         extra = ["--enforce-eager"] if args.eager or args.quick else []
         started = time.perf_counter()
         server = VLLMServer(model, log_path=work / "vllm.log", served_model_name="bench", seed=args.seed,
-                            prefix_caching=False, extra_args=extra)  # fmt: skip
+                            prefix_caching=False, mm_processor_cache=False, extra_args=extra)  # fmt: skip
         with server:
             t_start = time.perf_counter() - started
             remote = ["--backend", "openai", "--base_url", server.base_url, "--served_model", "bench"]

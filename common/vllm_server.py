@@ -96,6 +96,7 @@ class VLLMServer:
         dev_mode: bool = False,
         logprobs_mode: str | None = None,
         prefix_caching: bool = True,
+        mm_processor_cache: bool = True,
         extra_args: Sequence[str] = (),
         devices: str | None = None,
         startup_timeout_s: float = 900.0,
@@ -115,8 +116,9 @@ class VLLMServer:
         if logprobs_mode:
             self._args += ["--logprobs-mode", logprobs_mode]
         if not prefix_caching:
-            # Also off for the multimodal processor cache: a benchmark would otherwise time the cache.
-            self._args += ["--no-enable-prefix-caching", "--mm-processor-cache-gb", "0"]
+            self._args += ["--no-enable-prefix-caching"]
+        if not mm_processor_cache:
+            self._args += ["--mm-processor-cache-gb", "0"]
         self._args += list(extra_args)
         self._env = dict(os.environ)
         self._env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # GiB; ignored on GPUs
@@ -204,10 +206,15 @@ class VLLMServer:
 
     def reload_weights(self, weights_dir: str | Path) -> None:
         """Load the safetensors in `weights_dir` (checkpoint names) into the running model in place,
-        then drop the prefix cache, whose keys and values the old weights computed."""
+        then drop what the old weights computed: the prefix cache's keys and values and the audio
+        encoder's outputs. The worker's `reload_weights` clears its own encoder cache but not the
+        scheduler's record of it (vllm 0.32): a clip seen before the reload then failed with
+        "Encoder cache miss" and took the server down; `/reset_encoder_cache` clears both. Use it with
+        `mm_processor_cache=False`: the reload also clears the worker's side of that cache."""
         self._post(
             "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(weights_dir)}}
         )
+        self._post("/reset_encoder_cache", {})
         self._post("/reset_prefix_cache", {})
 
     def _get(self, path: str, timeout: float) -> bytes | None:

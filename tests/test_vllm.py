@@ -222,12 +222,14 @@ def test_the_server_hears_each_requests_own_clip(qwen2_audio_server, served_mode
 def test_grpo_with_vllm_rollouts(served_models, served_data, tmp_path):
     """3 GRPO steps, 1 process, rollouts sampled by vLLM. After every weight sync the server's
     log-probs of its sampled tokens equal the trainer's (same weights, same audio: <1e-4 per token),
-    the completions come from the current policy (lag 0), the LoRA moved, and no server is left."""
+    the completions come from the current policy (lag 0), the LoRA moved, and no server is left.
+    Two training prompts, so a clip comes back after a reload: vLLM 0.32 kept a stale record of its
+    encoder output across `reload_weights` and the server died ("Encoder cache miss")."""
     out = tmp_path / "grpo"
     cmd = [sys.executable, "train.py", "--config", "configs/tiny/grpo.yaml", "--deepspeed", "null",
            "--model_name_or_path", str(served_models["qwen2_audio"]), "--dataset_dir", str(served_data["qwen2_audio"]),
            "--output_dir", str(out), "--max_steps", "3", "--wandb.report_to", "none", "--dataloader_num_workers", "0",
-           "--grpo.use_vllm", "true", "--grpo.vllm_args=--enforce-eager"]  # fmt: skip
+           "--grpo.use_vllm", "true", "--grpo.vllm_args=--enforce-eager", "--max_train_samples", "2"]  # fmt: skip
     subprocess.run(cmd, cwd=REPO, check=True, timeout=900)
     logs = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
     assert len(logs) == 3

@@ -125,7 +125,7 @@ def vllm_rollouts(cfg: Any, family: ModuleType, processor: Any, *, is_main: bool
             server = VLLMServer(
                 cfg.model.model_name_or_path, log_path=out / "vllm-server.log", dtype=cfg.model.dtype,
                 max_model_len=g.vllm_max_model_len, served_model_name=SERVED_NAME, seed=cfg.training.seed,
-                dev_mode=True, logprobs_mode="processed_logprobs", devices=g.vllm_devices,
+                dev_mode=True, logprobs_mode="processed_logprobs", devices=g.vllm_devices, mm_processor_cache=False,
                 extra_args=shlex.split(g.vllm_args),
             )  # fmt: skip
             server.start()
