@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
     from common.io import read_jsonl
     from common.vllm_server import VLLMServer
 
-    tokenizer = real_tokenizer_if_present() if args.tokenizer == "auto" else args.tokenizer
+    if args.tokenizer == "auto":  # --quick: the 1k vocabulary, whose server starts faster
+        tokenizer = "local" if args.quick else real_tokenizer_if_present()
+    else:
+        tokenizer = args.tokenizer
     with workdir(args.workdir) as work:
         model = served_tiny_model(work, args.seed, tokenizer)
         # holdout: every synthetic item lands in the test split
