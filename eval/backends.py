@@ -169,7 +169,8 @@ def generate_remote(
 ) -> None:
     """Answer `rows` with `cfg.concurrency` requests in flight; `on_answer(row, gen)` sees each
     answer as it arrives (in completion order). Items whose requests failed after the retries are
-    reported together at the end; a server that died ends it at once."""
+    reported together at the end; a server that died, or one whose prompt differs from ours, ends it
+    at once."""
     from tqdm.auto import tqdm
 
     stops = stop_token_ids(cfg.model, family, processor)
@@ -180,9 +181,9 @@ def generate_remote(
     def one(row: dict) -> None:
         try:
             gen = answer(client, family, processor, row, cfg, stops)
-        except VLLMError:
+        except (VLLMError, ServingError):  # a dead server, or one that renders another prompt: all items
             raise
-        except Exception as e:  # retries exhausted, a 4xx, a prompt mismatch: this item only
+        except Exception as e:  # retries exhausted, a 4xx (e.g. longer than the context): this item only
             with lock:
                 failed[row["id"]] = f"{type(e).__name__}: {e}"
             log.warning("item %s failed: %s", row["id"], e)
