@@ -64,9 +64,9 @@ def workdir(path: Path | None) -> Iterator[Path]:
 
 def real_tokenizer_if_present() -> str:
     """ "qwen2" (the real 151,680-token vocabulary from ../shared) when present, else "local" (1k)."""
-    from common.paths import shared_qwen2_tokenizer_dir
+    from models._qwen import shared_tokenizer_dir
 
-    return "qwen2" if shared_qwen2_tokenizer_dir() is not None else "local"
+    return "qwen2" if shared_tokenizer_dir() is not None else "local"
 
 
 def tiny_model(work: Path, seed: int = 0, tokenizer: str = "auto") -> Path:

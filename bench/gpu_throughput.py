@@ -97,11 +97,12 @@ def model_config(quick: bool) -> Any:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: the full-size bench builds the 7B model from it")
         return Qwen2AudioConfig(**json.loads(path.read_text(encoding="utf-8")))
-    from models.qwen2_audio import TINY_AUDIO, TINY_TEXT
+    from models._qwen import TINY_LLM
+    from models._whisper import TINY_ENCODER
 
     return Qwen2AudioConfig(  # a 1k vocabulary: the smoke run checks the plumbing, not the head
-        text_config={"model_type": "qwen2", **TINY_TEXT, "vocab_size": 1024},
-        audio_config={"model_type": "qwen2_audio_encoder", **TINY_AUDIO, "num_mel_bins": 128},
+        text_config={"model_type": "qwen2", **TINY_LLM, "vocab_size": 1024},
+        audio_config={"model_type": "qwen2_audio_encoder", **TINY_ENCODER, "num_mel_bins": 128},
         audio_token_index=1000,
     )
 

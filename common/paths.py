@@ -16,11 +16,6 @@ def shared_dir() -> Path:
     return Path(os.environ.get("ART_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
 
 
-def shared_qwen2_tokenizer_dir() -> Path | None:
-    d = shared_dir() / "tokenizers" / "qwen2"
-    return d if (d / "vocab.json").exists() and (d / "merges.txt").exists() else None
-
-
 def shared_mmar_meta() -> Path | None:
     p = shared_dir() / "data" / "mmar" / "MMAR-meta.jsonl"
     return p if p.exists() else None

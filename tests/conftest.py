@@ -19,7 +19,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from common.paths import shared_dir, shared_mmar_meta, shared_qwen2_tokenizer_dir  # noqa: E402
+from common.paths import shared_dir, shared_mmar_meta  # noqa: E402
+from models._qwen import shared_tokenizer_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +38,7 @@ def mmar_meta() -> Path:
 
 @pytest.fixture(scope="session")
 def qwen2_tokenizer_dir() -> Path:
-    path = shared_qwen2_tokenizer_dir()
+    path = shared_tokenizer_dir()
     if path is None:
         pytest.skip(f"real Qwen2 tokenizer files not found under {shared_dir()}")
     return path

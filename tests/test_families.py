@@ -17,8 +17,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from common.paths import shared_dir, shared_qwen2_tokenizer_dir
+from common.paths import shared_dir
 from models import family_of, get_family, list_families
+from models._qwen import shared_tokenizer_dir
 
 FAMILIES = ["qwen2_audio", "qwen2_5_omni"]
 FIXTURE = {"qwen2_audio": "tiny_qwen2_audio", "qwen2_5_omni": "tiny_qwen2_5_omni"}
@@ -133,7 +134,7 @@ def test_special_token_ids_follow_real_layout(name, request):
     processor = get_family(name).load_processor(str(request.getfixturevalue(FIXTURE[name])))
     tok = processor.tokenizer
     expected = dict(REAL_IDS, **(OMNI_IDS if name == "qwen2_5_omni" else {}))
-    if shared_qwen2_tokenizer_dir() is None:  # small local BPE: same order, right after its vocab
+    if shared_tokenizer_dir() is None:  # small local BPE: same order, right after its vocab
         base = tok.convert_tokens_to_ids("<|endoftext|>")
         expected = {t: i - 151643 + base for t, i in expected.items()}
     assert {t: tok.convert_tokens_to_ids(t) for t in expected} == expected
