@@ -117,10 +117,11 @@ def activation_bytes(c: Counts, seq: int, batch: int, logit_positions: int) -> i
 
 def estimate(recipe: str) -> dict:
     """One table row for a recipe YAML."""
-    from models import get_family
+    from models import family_of, get_family
 
     cfg = load_yaml(REPO_ROOT / recipe)
-    family = get_family(cfg["model"].get("family") or _family_from_path(cfg["model"]["model_name_or_path"]))
+    # The recipe's family, else the one its checkpoint id names (each family's HUB_ID_PATTERN).
+    family = get_family(cfg["model"].get("family") or family_of(cfg["model"]["model_name_or_path"]))
     lora = cfg.get("lora", {})
     r = int(lora.get("r", 16))
     target = (
@@ -151,10 +152,6 @@ def estimate(recipe: str) -> dict:
         "seq": seq,
         "micro_batch": batch,
     }
-
-
-def _family_from_path(name: str) -> str:
-    return "qwen2_5_omni" if "omni" in name.lower() else "qwen2_audio"
 
 
 def full_finetune_reference(total: int, n: int = NUM_GPUS) -> dict:

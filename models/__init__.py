@@ -4,7 +4,11 @@ One module per family (`models/<name>.py`), each providing the members of
 `models.interface.AudioLMFamily` (checked by tests/test_family_conformance.py), and the model-input
 code every stage shares (`models.inputs`: render, audio-token arithmetic, prompts for generation,
 training batches with assistant-only labels). A module of this package is a family when it defines
-`MODEL_TYPES`; adding a family is adding one module here, nothing else changes.
+`MODEL_TYPES`; adding a family is adding one module here (plus its configs), nothing else changes:
+the tests, benches and the layering check read the families from `list_families()` and each family's
+own declarations. A family module may also live outside the repository: the folders named in
+`ART_FAMILY_PATH` (separated by `os.pathsep`) are searched after this one, in this process and in the
+processes it starts (tests/test_new_family.py adds a throwaway family that way).
 Family modules import torch/transformers inside their functions, so `get_family(name).SYSTEM_PROMPT`
 is cheap (data_prep reads it).
 """
@@ -13,14 +17,21 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pkgutil
 import re
 from pathlib import Path
 from types import ModuleType
 
+FAMILY_PATH_ENV = "ART_FAMILY_PATH"
+# Python imports `models.<name>` from every folder of the package's __path__, so a folder added here
+# holds family modules that import and list like the ones beside this file (which win on a name clash).
+__path__.extend(str(Path(p).resolve()) for p in os.environ.get(FAMILY_PATH_ENV, "").split(os.pathsep) if p)
+
 
 def list_families() -> list[str]:
-    """Names of the family modules in this package: public modules that define MODEL_TYPES."""
+    """Names of the family modules in this package and the ART_FAMILY_PATH folders: public modules
+    that define MODEL_TYPES."""
     names = []
     for info in pkgutil.iter_modules(__path__):
         if not info.name.startswith("_") and hasattr(_module(info.name), "MODEL_TYPES"):

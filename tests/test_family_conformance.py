@@ -1,6 +1,8 @@
-"""One conformance suite for every model family: a new family passes it by adding its name to FAMILIES.
+"""One conformance suite for every model family `models.list_families()` finds: a new family module
+(in models/, or in a folder named by ART_FAMILY_PATH) runs it without editing this file.
 
-Per family, on a tiny random model of the real architecture (local 1k-token tokenizer, CPU, fp32),
+Per family, on a tiny random model of the real architecture (the small local tokenizer where the family
+offers one, CPU, fp32),
 through the commands a user runs:
   interface   the module provides every member of `models.interface.AudioLMFamily`
   build       `python -m scripts.make_tiny_model --family <name>`; family_of(config.json) finds it
@@ -28,12 +30,12 @@ import pytest
 import torch
 from helpers import free_port, text_only_copy
 
-from models import family_of, get_family
+from models import family_of, get_family, list_families
+from models.inputs import IGNORE_INDEX
 from models.interface import check_family
 
-FAMILIES = ["qwen2_audio", "qwen2_5_omni", "qwen3_omni_moe", "audio_flamingo3"]
+FAMILIES = list_families()
 REPO = Path(__file__).resolve().parent.parent
-IGNORE = -100
 
 
 def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -54,6 +56,12 @@ def name(request) -> str:
     return request.param
 
 
+def _tokenizer_flag(name: str) -> list[str]:
+    """`--tokenizer local` (a small vocabulary, the same model on every machine) where the family
+    offers it, else its default tokenizer."""
+    return ["--tokenizer", "local"] if "local" in get_family(name).TINY_TOKENIZERS else []
+
+
 @pytest.fixture(scope="module")
 def family(name):
     return get_family(name)
@@ -71,8 +79,7 @@ def tiny(name, tmp_path_factory) -> Path:
             name,
             "--out",
             str(out),
-            "--tokenizer",
-            "local",
+            *_tokenizer_flag(name),
         ]
     )
     return out
@@ -147,10 +154,10 @@ def test_collate_labels_are_the_assistant_turn_and_audio_counts_match(family, ti
     audio_id = tok.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
     for i, row in enumerate(rows):
         labels = batch["labels"][i]
-        trained = batch["input_ids"][i][labels != IGNORE]
+        trained = batch["input_ids"][i][labels != IGNORE_INDEX]
         assert tok.decode(trained) == row["target"] + family.TURN_END_TOKEN
         # the trained span is one contiguous run ending at the turn end
-        positions = (labels != IGNORE).nonzero().flatten()
+        positions = (labels != IGNORE_INDEX).nonzero().flatten()
         assert positions[-1] - positions[0] + 1 == len(positions)
         wave = load_audio(row["audio_path"], max_seconds=family.max_audio_seconds(processor))
         expected = family.num_audio_tokens(processor, len(wave))
@@ -176,7 +183,7 @@ def test_collate_mixes_text_only_and_audio_rows(family, tiny, rows):
     audio_id = tok.convert_tokens_to_ids(family.AUDIO_PLACEHOLDER)
     for i, row in enumerate(mixed):
         labels, ids, mask = batch["labels"][i], batch["input_ids"][i], batch["attention_mask"][i].bool()
-        assert tok.decode(ids[labels != IGNORE]) == row["target"] + family.TURN_END_TOKEN
+        assert tok.decode(ids[labels != IGNORE_INDEX]) == row["target"] + family.TURN_END_TOKEN
         alone = collator([row])
         assert torch.equal(ids[mask], alone["input_ids"][0][alone["attention_mask"][0].bool()]), row["id"]
         assert bool((ids == audio_id).any()) == (row["audio_path"] is not None)
@@ -270,7 +277,7 @@ def test_make_tiny_window_seconds_sets_the_longest_clip(name, family, rows, tmp_
     out = tmp_path / "tiny-5s"
     _run(
         [sys.executable, "-m", "scripts.make_tiny_model", "--family", name, "--out", str(out),
-         "--tokenizer", "local", "--window_seconds", "5"]
+         *_tokenizer_flag(name), "--window_seconds", "5"]
     )  # fmt: skip
     processor = family.load_processor(str(out))
     assert family.max_audio_seconds(processor) == 5.0
