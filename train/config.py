@@ -102,18 +102,75 @@ class TrainingConfig:
     )
 
 
+# trl 1.16's `GRPOConfig.loss_type` values (trl/trainer/grpo_config.py): the Literal makes any other a
+# config error naming `grpo.loss_type`.
+LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
+
+
 @dataclass
 class GrpoSettings:
-    num_generations: int = _f(4, "Completions sampled per prompt (the group).")
-    temperature: float = _f(1.0, "Sampling temperature for rollouts.")
+    num_generations: int = _f(
+        4, "Completions sampled per prompt (the group); AudioMCQ and R1-AQA use 8. At least 2."
+    )
+    temperature: float = _f(
+        1.0, "Sampling temperature for rollouts (R1-AQA 1.0, AudioMCQ 1.5); trl scores log-probs at it too."
+    )
     top_p: float = _f(1.0, "Nucleus sampling for rollouts.")
-    beta: float = _f(0.0, "KL coefficient against the reference model (0 = no reference model).")
-    max_completion_length: int = _f(256, "Max new tokens per rollout.")
+    beta: float = _f(
+        0.0, "KL coefficient against the reference model (0 = no reference model; AudioMCQ 0.001)."
+    )
+    max_completion_length: int = _f(256, "Max new tokens per rollout (AudioMCQ 128).")
     reward_weights: dict[str, float] = _f(
-        {"accuracy": 1.0, "format": 0.2, "length": 0.0}, "Weight per reward function (train/rewards.py)."
+        {"accuracy": 1.0, "format": 0.2, "length": 0.0},
+        "Weight per reward function (train/rewards.py): accuracy, format, length, overlong.",
     )
     thinking_budget_tokens: int = _f(200, "Thinking length above which the length reward penalises.")
     length_penalty: float = _f(0.0, "Penalty per token over thinking_budget_tokens.")
+    loss_type: LossType = _f(
+        "dapo",
+        "trl's loss aggregation. dapo (trl 1.16's default; DAPO, arXiv 2503.14476): token sum over the "
+        "tokens of the whole batch; grpo: per-sequence mean (length bias; with importance_sampling_level "
+        "sequence this is GSPO); dr_grpo (Dr. GRPO, arXiv 2503.20783): a constant max_completion_length "
+        "normaliser, use with scale_rewards none; also bnpo, cispo, sapo, luspo, vespo (trl's docs).",
+    )
+    importance_sampling_level: Literal["token", "sequence"] = _f(
+        "token",
+        "token: one ratio per token (GRPO); sequence: the length-normalised sequence ratio of GSPO "
+        "(arXiv 2507.18071, with loss_type grpo), recommended for MoE models such as the Qwen3-Omni thinker.",
+    )
+    epsilon: float = _f(0.2, "Lower clip range of the ratio (PPO/GRPO 0.2).")
+    epsilon_high: float | None = _f(
+        None,
+        "Upper clip range (null = epsilon). DAPO's clip-higher: 0.28; GSPO clips sequence ratios at "
+        "3e-4 / 4e-4 (epsilon / epsilon_high).",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = _f(
+        "group",
+        "Advantage = (reward - group mean) / std of the group (GRPO), of the batch, or not divided "
+        "(none: Dr. GRPO, which found the std division biases towards too easy and too hard questions).",
+    )
+    mask_truncated_completions: bool = _f(
+        False,
+        "DAPO's overlong filtering: completions cut at max_completion_length get no loss (their "
+        "reward still counts in the group's baseline).",
+    )
+    overlong_buffer_tokens: int | None = _f(
+        None,
+        "DAPO's soft overlong punishment (reward `overlong`, weight in reward_weights): 0 up to "
+        "max_completion_length - buffer tokens, then falling linearly to -1 at max_completion_length "
+        "(null = a fifth of max_completion_length: DAPO's 4,096 of 20,480).",
+    )
+    dynamic_sampling: bool = _f(
+        False,
+        "DAPO's dynamic sampling: groups whose rewards all agree (zero advantage, no policy gradient) are "
+        "dropped and replaced by groups of newly drawn prompts, generated a batch at a time "
+        "(train/dynamic_sampling.py); counts are logged as train/dynamic_sampling/*.",
+    )
+    dynamic_sampling_max_rounds: int = _f(
+        10,
+        "Extra generation batches dynamic sampling may draw per step before it trains on what it has "
+        "(DAPO's max_num_gen_batches, 10 in its recipe); groups it could not replace are counted as unfilled.",
+    )
     log_completions_every: int = _f(50, "Log sample completions every N steps (0 = never).")
     use_vllm: bool = _f(
         False,
@@ -192,8 +249,66 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"grpo.reward_weights.{name}: expected a number, got {w!r}")
     if cfg.lora.r < 1:
         raise ConfigError(f"lora.r must be >= 1, got {cfg.lora.r}")
+    _validate_grpo_recipe(cfg)
     if cfg.grpo.use_vllm:
         _validate_vllm_rollouts(cfg)
+
+
+def _validate_grpo_recipe(cfg: TrainConfig) -> None:
+    """GRPO options that contradict each other, named by their keys (checked for SFT configs too:
+    their grpo section is unused, but a contradiction there is still a typo worth reporting)."""
+    g = cfg.grpo
+    if g.num_generations < 2:
+        what = (
+            "grpo.dynamic_sampling drops groups whose rewards all agree, which a group of one always does"
+            if g.dynamic_sampling
+            else "a group of one has no baseline to compare with"
+        )
+        raise ConfigError(f"grpo.num_generations must be >= 2, got {g.num_generations}: {what}")
+    if g.temperature <= 0 or not 0 < g.top_p <= 1:
+        raise ConfigError(
+            f"grpo.temperature must be > 0 and grpo.top_p in (0, 1], got {g.temperature}, {g.top_p}"
+        )
+    if g.epsilon <= 0 or (g.epsilon_high is not None and g.epsilon_high < g.epsilon):
+        raise ConfigError(
+            f"grpo.epsilon must be > 0 and grpo.epsilon_high >= grpo.epsilon (clip-higher widens the upper "
+            f"bound only), got {g.epsilon}, {g.epsilon_high}"
+        )
+    # trl 1.16 only warns about these two; both make the loss something other than the named method.
+    if g.loss_type == "luspo" and g.importance_sampling_level != "sequence":
+        raise ConfigError(
+            "grpo.loss_type: luspo is a sequence-level loss: set grpo.importance_sampling_level: sequence"
+        )
+    if g.loss_type == "vespo" and g.importance_sampling_level != "token":
+        raise ConfigError(
+            "grpo.loss_type: vespo computes its own sequence weights from token ratios: set "
+            "grpo.importance_sampling_level: token"
+        )
+    buffer = g.overlong_buffer_tokens
+    if buffer is not None and not 0 < buffer < g.max_completion_length:
+        raise ConfigError(
+            f"grpo.overlong_buffer_tokens must be in [1, grpo.max_completion_length={g.max_completion_length}), "
+            f"got {buffer}"
+        )
+    if g.dynamic_sampling:
+        _validate_dynamic_sampling(cfg)
+
+
+def _validate_dynamic_sampling(cfg: TrainConfig) -> None:
+    g, t = cfg.grpo, cfg.training
+    if g.dynamic_sampling_max_rounds < 1:
+        raise ConfigError(
+            f"grpo.dynamic_sampling_max_rounds must be >= 1 with grpo.dynamic_sampling, got {g.dynamic_sampling_max_rounds}"
+        )
+    rows = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    if rows % g.num_generations:
+        # trl hands each rank a contiguous slice of the generation batch; a group that straddles two
+        # ranks could not be dropped or kept as a whole by either.
+        raise ConfigError(
+            f"grpo.dynamic_sampling: each rank's generation batch (training.per_device_train_batch_size x "
+            f"training.gradient_accumulation_steps = {rows} completions) must hold whole groups of "
+            f"grpo.num_generations = {g.num_generations}"
+        )
 
 
 def _validate_vllm_rollouts(cfg: TrainConfig) -> None:

@@ -39,6 +39,14 @@ from common.logging_utils import is_main_process
 from models.inputs import encode_prompts
 from train import components, label_only_loss, rollouts, run_files, tracking
 from train.config import TrainConfig
+from train.dynamic_sampling import (
+    SamplingState,
+    concat_rows,
+    group_has_variance,
+    refill_prompt_indices,
+    take_groups,
+    zero_variance_share,
+)
 from train.rewards import completion_text, reward_functions
 
 logger = logging.getLogger(__name__)
@@ -72,6 +80,8 @@ def main(cfg: TrainConfig) -> Path:
         thinking_budget=cfg.grpo.thinking_budget_tokens,
         length_penalty_per_unit=cfg.grpo.length_penalty,
         count=functools.partial(count_tokens, processor.tokenizer),
+        max_completion_length=cfg.grpo.max_completion_length,
+        overlong_buffer=cfg.grpo.overlong_buffer_tokens,
     )
 
     # 5. trainer (+ tracking: W&B on rank 0)
@@ -88,6 +98,7 @@ def main(cfg: TrainConfig) -> Path:
         family=family,
         log_completions_every=cfg.grpo.log_completions_every,
         vllm_importance_sampling=cfg.grpo.vllm_importance_sampling,
+        dynamic_sampling_max_rounds=cfg.grpo.dynamic_sampling_max_rounds if cfg.grpo.dynamic_sampling else 0,
     )
 
     # 6. train (rollouts from a vLLM server with `grpo.use_vllm`, else from the policy's generate)
@@ -95,6 +106,7 @@ def main(cfg: TrainConfig) -> Path:
         trainer.rollouts = rollout_source
         result = trainer.train(resume_from_checkpoint=components.resolve_resume(cfg.training))
     final = {f"train/{k}": v for k, v in result.metrics.items()}
+    final.update({f"train/{k}": v for k, v in trainer.sampling_totals.items()})
 
     # 7. save (the prompts the length pre-filter dropped, by reason, also to W&B)
     counts = run_files.data_counts({"train": skipped})
@@ -178,6 +190,13 @@ def grpo_args(cfg: TrainConfig, reward_weights: list[float], **overrides: Any) -
         beta=g.beta,
         max_completion_length=g.max_completion_length,
         reward_weights=reward_weights,
+        # the recipe options (train/config.py GrpoSettings says where each default comes from)
+        loss_type=g.loss_type,
+        importance_sampling_level=g.importance_sampling_level,
+        epsilon=g.epsilon,
+        epsilon_high=g.epsilon_high,
+        scale_rewards=g.scale_rewards,
+        mask_truncated_completions=g.mask_truncated_completions,
         log_completions=False,  # the completions table is ours (AudioGRPOTrainer.log), W&B rank 0
         # trl 1.16 turns the MoE load-balancing loss on whenever the text config merely *has*
         # `output_router_logits` (even False) and a coefficient; our MoE families keep the router
@@ -284,14 +303,22 @@ class AudioGRPOTrainer(GRPOTrainer):
       on the completion positions only (`logits_to_keep`, train/label_only_loss.py): trl's fused head
       scores every position, padding included, when Triton is absent (CPU).
     - `log`: a W&B table of sample completions with their rewards every `log_completions_every` steps.
+    - `_calculate_rewards`: keeps the weighted reward of every completion of the batch (all ranks), from
+      which each generation batch logs its share of zero-variance groups (`zero_variance/sampled_share`)
+      and, with `dynamic_sampling_max_rounds` > 0, DAPO's dynamic sampling replaces those groups with
+      groups of newly drawn prompts (train/dynamic_sampling.py; `dynamic_sampling/*` counts).
     trl's `_compute_loss` and `_generate_and_score_completions` bodies are long and change between
     releases, so the audio reaches the log-prob forwards through `self._audio` (set for exactly the
     duration of those two calls) rather than through copies of them.
     """
 
     def __init__(self, *args: Any, family: ModuleType, log_completions_every: int = 0,
-                 vllm_importance_sampling: bool = True, **kwargs: Any):  # fmt: skip
+                 vllm_importance_sampling: bool = True, dynamic_sampling_max_rounds: int = 0,
+                 **kwargs: Any):  # fmt: skip
         self.family = family
+        self.dynamic_sampling_max_rounds = dynamic_sampling_max_rounds
+        self.sampling_totals: dict[str, int] = {}  # run totals of the counts logged per generation batch
+        self._batch_rewards: torch.Tensor | None = None
         self.log_completions_every = log_completions_every
         self.rollouts: rollouts.VLLMRollouts | None = None  # set for the run by `rollout_server`
         self._audio: dict[str, torch.Tensor] | None = None
@@ -318,6 +345,20 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._vllm_importance_sampling = vllm_importance_sampling
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output, rewards = self._score_generation_batch(inputs)
+        if not self.model.training:
+            return output
+        share = zero_variance_share(rewards, self.num_generations)
+        self._metrics["train"]["zero_variance/sampled_share"].append(share)
+        groups = rewards.numel() // self.num_generations
+        self._add_totals({"sampled_groups": groups, "zero_variance/sampled_groups": round(share * groups)})
+        if self.dynamic_sampling_max_rounds:
+            output = self._dynamic_sampling(inputs, output, rewards)
+        return output
+
+    def _score_generation_batch(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], torch.Tensor]:
+        """trl's generation and scoring of one batch, with the audio; also the weighted reward of every
+        completion of the whole batch (all ranks), in trl's row order."""
         batch = encode_once_per_prompt(self.family, self.processing_class, inputs)
         # The HF Trainer's placement (device, and DeepSpeed's dtype for float tensors); GRPOTrainer
         # overrides `_prepare_inputs` with its generation buffer, hence the explicit base class.
@@ -339,7 +380,75 @@ class AudioGRPOTrainer(GRPOTrainer):
             output["policy_version"] = versions  # per completion: the step whose weights sampled it
             lag = self.state.global_step - int(versions.min())
             self._metrics["train"]["rollout/policy_lag"].append(float(lag))
+        rewards, self._batch_rewards = self._batch_rewards, None
+        return output, rewards
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # trl's own weighted sum (its `sum_then_normalize`); NaN where every function declined to score
+        total = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+        self._batch_rewards = total.masked_fill(torch.isnan(per_func).all(dim=1), torch.nan)
+        return per_func
+
+    def _dynamic_sampling(
+        self, inputs: list[dict], first: dict[str, Any], rewards: torch.Tensor
+    ) -> dict[str, Any]:
+        """DAPO's dynamic sampling: replace zero-variance groups by groups of newly drawn prompts.
+
+        Every rank sees the rewards of the whole batch, so each computes the same rounds for all
+        ranks (train/dynamic_sampling.py); a round generates a whole batch of new prompts on every rank.
+        """
+        n, world = self.num_generations, self.accelerator.num_processes
+        state = SamplingState(world_size=world, groups_per_rank=len(inputs) // n)
+        state.add_round(group_has_variance(rewards, n))
+        batches = [first]
+        while state.short() and len(batches) <= self.dynamic_sampling_max_rounds:
+            batch, rewards = self._score_generation_batch(
+                self._refill_rows(state.groups_per_rank, len(batches))
+            )
+            batches.append(batch)
+            state.add_round(group_has_variance(rewards, n))
+        plan = state.plan(self.accelerator.process_index)
+        output = concat_rows(
+            [take_groups(batches[r], [g], n) for r, g in plan.groups], self._tokenizer.pad_token_id
+        )
+        loss_mask = (
+            output["completion_mask"] * output["tool_mask"]
+            if "tool_mask" in output
+            else output["completion_mask"]
+        )
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        plans = [state.plan(rank) for rank in range(world)]
+        unfilled = sum(p.unfilled for p in plans)
+        counts = {
+            "dynamic_sampling/rounds": len(batches) - 1,
+            "dynamic_sampling/dropped_groups": state.dropped() - unfilled,
+            "dynamic_sampling/refilled_groups": sum(p.refilled for p in plans),
+            "dynamic_sampling/unfilled_groups": unfilled,
+            # groups with variance generated in the last round beyond what the batch needed
+            "dynamic_sampling/unused_groups": state.generated()
+            - state.dropped()
+            - (world * state.groups_per_rank - unfilled),
+        }
+        for key, value in counts.items():
+            self._metrics["train"][key].append(float(value))
+        self._metrics["train"]["zero_variance/trained_share"].append(
+            unfilled / (world * state.groups_per_rank)
+        )
+        self._add_totals(counts)
         return output
+
+    def _add_totals(self, counts: dict[str, int]) -> None:
+        for key, value in counts.items():
+            self.sampling_totals[key] = self.sampling_totals.get(key, 0) + value
+
+    def _refill_rows(self, n_prompts: int, round_index: int) -> list[dict]:
+        """`n_prompts` training prompts drawn for a refill round, each repeated as trl's sampler does."""
+        indices = refill_prompt_indices(
+            n_prompts, len(self.train_dataset), seed=self.args.seed, step=self.state.global_step,
+            round_index=round_index, rank=self.accelerator.process_index,
+        )  # fmt: skip
+        return [dict(self.train_dataset[i]) for i in indices for _ in range(self.num_generations)]
 
     def _generate_single_turn(
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False

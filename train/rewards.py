@@ -13,6 +13,9 @@ config, so the YAML key `grpo.reward_weights.<name>` is the only place a weight 
   but whitespace, each tag exactly once and neither block empty, else 0.
 - length: 0 within the thinking budget, `-penalty_per_unit * excess` beyond it, floored at -1 so
   one rambling rollout cannot drown the accuracy signal of its group.
+- overlong: DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13) on the completion's tokens,
+  computed by trl's own `get_soft_overlong_punishment`: 0 up to `max_completion_length - buffer`
+  tokens, then linearly down to -1 at `max_completion_length` (where generation cuts it).
 """
 
 from __future__ import annotations
@@ -114,10 +117,25 @@ def length_penalty(
     return rewards
 
 
+def overlong_penalty(
+    completion_ids: Sequence[Sequence[int]],
+    max_completion_length: int = 256,
+    buffer: int | None = None,
+    **kwargs: Any,
+) -> list[float]:
+    """DAPO's soft overlong punishment per completion, in [-1, 0]; `buffer` None = a fifth of the
+    maximum (DAPO: 4,096 of 20,480 tokens). trl's ids include the stop token it generated."""
+    from trl.rewards import get_soft_overlong_punishment
+
+    cache = buffer if buffer is not None else max(1, max_completion_length // 5)
+    return get_soft_overlong_punishment(max_completion_length, cache)(list(completion_ids))
+
+
 REWARDS: dict[str, RewardFunc] = {
     "accuracy": accuracy_reward,
     "format": format_reward,
     "length": length_penalty,
+    "overlong": overlong_penalty,
 }
 
 
@@ -127,6 +145,8 @@ def reward_functions(
     thinking_budget: int = 200,
     length_penalty_per_unit: float = 0.0,
     count: Callable[[str], int] = count_words,
+    max_completion_length: int = 256,
+    overlong_buffer: int | None = None,
 ) -> tuple[list[RewardFunc], list[float]]:
     """The reward functions named in `weights` (config order) and their weights, for trl.
 
@@ -142,6 +162,10 @@ def reward_functions(
             # partial keeps trl's metric name (`rewards/length_penalty/mean`)
             func = functools.partial(
                 length_penalty, budget=thinking_budget, penalty_per_unit=length_penalty_per_unit, count=count
+            )
+        if name == "overlong":
+            func = functools.partial(
+                overlong_penalty, max_completion_length=max_completion_length, buffer=overlong_buffer
             )
         funcs.append(func)
     return funcs, [float(w) for w in weights.values()]
