@@ -45,6 +45,35 @@ def _per_split_line(counts: dict) -> str:
     return f"{total} ({per_split})" if total else "0"
 
 
+def _contribution_lines(contribution: dict | None) -> list[str]:
+    """The audio-contribution split (data_prep.audio_contribution): weak / strong per modality and
+    layer, with how many of each subset's items the model answered with the audio."""
+    if not contribution:
+        return []
+    lines = [
+        "## Audio contribution",
+        "",
+        f"This is the **{contribution['subset']}** subset of `{contribution['source']}` "
+        f"({contribution['source_hash'][:12]}), split by `{contribution['model']}`"
+        + (f" + adapter `{contribution['adapter']}`" if contribution.get("adapter") else "")
+        + f". Rule: {contribution['rule']}.",
+        "",
+        "| split | by | value | weak | weak, right with audio | strong | strong, right with audio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for split, counts in contribution["counts"].items():
+        weak, strong = counts["weak"], counts["strong"]
+        lines.append(f"| {split} | all | | {weak['items']} | {weak['correct_with_audio']} | {strong['items']} | "
+                     f"{strong['correct_with_audio']} |")  # fmt: skip
+        for field in ("modality", "category"):
+            for value in sorted(set(weak[f"by_{field}"]) | set(strong[f"by_{field}"])):
+                w = weak[f"by_{field}"].get(value, {"items": 0, "correct_with_audio": 0})
+                s = strong[f"by_{field}"].get(value, {"items": 0, "correct_with_audio": 0})
+                lines.append(f"| {split} | {field} | {value} | {w['items']} | {w['correct_with_audio']} | "
+                             f"{s['items']} | {s['correct_with_audio']} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def render_card(manifest: dict, splits: dict[str, list[dict]]) -> str:
     """Markdown card built only from the manifest and the rows, so it is byte-stable."""
     counts = manifest["counts"]
@@ -70,6 +99,7 @@ def render_card(manifest: dict, splits: dict[str, list[dict]]) -> str:
         "",
         *_mix_table(splits),
         "",
+        *_contribution_lines(manifest.get("audio_contribution")),
         "## Skipped items",
         "",
         *_skip_lines(manifest["skipped"]),
