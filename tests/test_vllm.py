@@ -171,14 +171,22 @@ def qwen2_audio_server(served_models, tmp_path_factory):
 def test_openai_backend_equals_hf_with_and_without_the_audio(
     audio, qwen2_audio_server, served_models, served_data, tmp_path
 ):
+    """With the real audio also under a second option order (`--option_orders 2`: the rotated
+    prompts go through the same backend)."""
     model, data = served_models["qwen2_audio"], served_data["qwen2_audio"]
-    argv = _eval_argv(model, data, tmp_path / "hf", "--audio", audio)
-    assert run.main(argv) == 0
-    remote = ("--backend", "openai", "--base_url", qwen2_audio_server.base_url, "--audio", audio)
+    orders = ("--option_orders", "2") if audio == "real" else ()
+    assert run.main(_eval_argv(model, data, tmp_path / "hf", "--audio", audio, *orders)) == 0
+    remote = ("--backend", "openai", "--base_url", qwen2_audio_server.base_url, "--audio", audio, *orders)
     assert run.main(_eval_argv(model, data, tmp_path / "openai", *remote)) == 0
     assert_same_answers(tmp_path / "hf", tmp_path / "openai")
-    if audio == "none":  # the prompt lost its audio tokens, so it is shorter than with the clip
-        assert json.loads((tmp_path / "openai" / "metrics.json").read_text())["ablation"]["audio"] == "none"
+    metrics = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("hf", "openai")]
+    if orders:
+        rotated = [{(r["id"], r["rotation"]): r["output"] for r in read_jsonl(tmp_path / d / "predictions_orders.jsonl")}
+                   for d in ("hf", "openai")]  # fmt: skip
+        assert len(rotated[0]) == N_ITEMS and rotated[0] == rotated[1]
+        assert metrics[0]["option_orders"] == metrics[1]["option_orders"]
+    if audio == "none":
+        assert metrics[1]["ablation"]["audio"] == "none"
 
 
 @requires_vllm
