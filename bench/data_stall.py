@@ -3,7 +3,7 @@
     python -m bench.data_stall [--quick]
 
 The run is the tiny CPU recipe (configs/tiny/cpu.yaml: batch 2, its `dataloader_num_workers`) built
-from the SFT recipe's own pieces (family loading, LoRA, `load_split`, `AudioChatCollator`,
+from the SFT recipe's own pieces (family loading, LoRA, `load_fitting_split`, `AudioChatCollator`,
 `build_trainer`) on a prepared synthetic dataset, in one process (the wait of one rank is what
 matters; DeepSpeed is left out so the loop is the HF Trainer's own). The collator decodes the audio
 and computes log-mel features in the loader, so that is where a stall would come from.
@@ -100,7 +100,7 @@ def measure(cfg) -> tuple[float, float]:
         cfg.model.model_name_or_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation
     )
     model = components.add_lora(model, family, cfg.lora)
-    train_ds, _ = components.load_split(cfg.data, cfg.data.train_split, family, processor, None)
+    train_ds, _ = components.load_fitting_split(cfg.data, cfg.data.train_split, family, processor, None)
     collator = AudioChatCollator(family, processor, cfg.data.max_length)
     trainer = sft.build_trainer(cfg, model, processor, collator, train_ds, None, [])
     timer = StallTimer(trainer)

@@ -45,6 +45,7 @@ from typing import Any
 
 from bench._common import emit, parse_args, print_table
 from common.paths import REPO_ROOT, shared_dir
+from models.inputs import IGNORE_INDEX
 
 RECIPE = "configs/qwen2_audio_7b/cot_lora.yaml"
 CONFIG_JSON = "models/qwen2_audio_7b_instruct/config.json"  # under ../shared
@@ -184,7 +185,7 @@ def synthetic_batch(config: Any, batch: int, clip_seconds: int, device: Any, wit
         "feature_attention_mask": (torch.arange(3000) < frames).long().expand(batch, -1).contiguous(),
     }
     if with_target:
-        labels = torch.full_like(ids, -100)
+        labels = torch.full_like(ids, IGNORE_INDEX)
         labels[:, -n_target:] = ids[:, -n_target:]
         out["labels"] = labels
     return {k: v.to(device) for k, v in out.items()}
@@ -273,7 +274,7 @@ def measure(attn: str, config: Any, size: dict, device: Any, dtype: Any) -> tupl
     rows = []
     for clip in size["clips"]:
         batch = synthetic_batch(config, micro, clip, device, with_target=True)
-        seq, labels = batch["input_ids"].shape[1], int((batch["labels"][:, 1:] != -100).sum())
+        seq, labels = batch["input_ids"].shape[1], int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         for system in ("ours", "full_logits"):
             (label_only_loss.install if system == "ours" else label_only_loss.uninstall)(model)
             t = time_training(model, batch, size["steps"], size["warmup"], device, dtype)

@@ -8,7 +8,7 @@ item's `timestamp` (end - start, clamped to 1-30 s: the model hears at most its 
 Without ../shared, synthetic items with seeded 1-30 s durations stand in. Token lengths come from
 `models.inputs.sample_token_length` (the tokenizer of the tiny model, whose vocabulary is the real
 Qwen2 one, plus the 25-per-second audio-token count of Qwen2-Audio's 30 s window) and samples that
-cannot fit `max_length` are dropped, as `train.components.load_split` does.
+cannot fit `max_length` are dropped, as `train.components.load_fitting_split` does.
 
 Batches come from the real trainer: `train.sft.build_trainer` with the 7B recipe's batch settings
 (configs/qwen2_audio_7b/cot_lora.yaml, on the tiny model and CPU), and one epoch of
@@ -113,7 +113,7 @@ def sample_rows(records: list, seconds: list[float], family: ModuleType, seed: i
 
 
 def token_lengths(family: ModuleType, processor: Any, rows: list[dict], max_length: int) -> list[int]:
-    """Expanded token length per sample, minus samples that cannot fit (train.components.load_split's rule)."""
+    """Expanded token length per sample, minus samples that cannot fit (train.components.load_fitting_split's rule)."""
     from models.inputs import length_verdict, sample_token_length
 
     out = []

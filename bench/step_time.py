@@ -8,10 +8,10 @@ absent, which the JSON says), on the same prepared synthetic samples in the same
 sampler, same seed), batch 2, fp32, eager attention, LoRA r8 on q/k/v/o/gate/up/down + the trainable
 projector (configs/tiny/cpu.yaml without DeepSpeed, 0 loader workers), through the same collator:
 
-  ours       the SFT recipe's own functions: load_model_and_processor, add_lora, load_split, the
+  ours       the SFT recipe's own functions: load_model_and_processor, add_lora, load_fitting_split, the
              collator, build_trainer (label-only LM head and loss, train/label_only_loss.py)
   reference  `transformers.Trainer` on the model's own forward, which builds B x T x V logits: the
-             way LLaMA-Factory and ms-swift train (the issue measured the HF Trainer within 6% of them)
+             way LLaMA-Factory and ms-swift train (measured within 6% of them: README, Performance)
 
 Each run is its own subprocess (peak RSS is per process), alternating ours / reference / reference
 / ours ... so that load on a shared CPU hits both alike. A step is the wall time between two
@@ -44,12 +44,13 @@ from bench._common import (
     workdir,
 )
 from common.paths import REPO_ROOT
+from models.inputs import IGNORE_INDEX
 
 FULL = {"items": 100, "steps": 20, "repeats": 5}
 QUICK = {"items": 12, "steps": 6, "repeats": 1}
 WARMUP_STEPS = 2
 SYSTEMS = ("ours", "reference")
-THREADS = "2"  # OMP_NUM_THREADS of each run, as in the issue's peer measurements
+THREADS = "2"  # OMP_NUM_THREADS of each run, as in the peer measurements the README quotes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,8 +74,8 @@ def _config(model: str, data: str, out: str, steps: int, seed: int):
         "model_name_or_path": model, "dataset_dir": data, "output_dir": out, "max_steps": steps,
         "deepspeed": "null", "group_by_length": "false", "val_split": "null", "report_to": "none",
         "logging_steps": 1, "save_steps": 100000, "warmup_ratio": 0.0, "seed": seed,
-        # Collate in the step, as in the issue's measurements: loader workers would compete with the
-        # step's 2 threads for the same 2 cores, and their RSS is not the process's.
+        # Collate in the step, as the README's peer measurements did: loader workers would compete
+        # with the step's 2 threads for the same 2 cores, and their RSS is not the process's.
         "dataloader_num_workers": 0,
     }  # fmt: skip
     argv = ["--config", str(REPO_ROOT / "configs/tiny/cpu.yaml")]
@@ -98,7 +99,7 @@ class _CountingCollator:
     def __call__(self, rows):
         batch = self.inner(rows)
         self.counts["positions"] += int(batch["labels"].numel())
-        self.counts["labelled"] += int((batch["labels"][:, 1:] != -100).sum())
+        self.counts["labelled"] += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         self.counts["batches"] += 1
         return batch
 
@@ -135,7 +136,7 @@ def run_worker(system: str, model_dir: str, data_dir: str, steps: int, seed: int
     family, processor, model = components.load_model_and_processor(cfg)
     sft.check_loss_scaling(model)
     model = components.add_lora(model, family, cfg.lora)
-    train_ds, _ = components.load_split(cfg.data, cfg.data.train_split, family, processor, None)
+    train_ds, _ = components.load_fitting_split(cfg.data, cfg.data.train_split, family, processor, None)
     collator = _CountingCollator(AudioChatCollator(family, processor, cfg.data.max_length))
     timer = _step_timer()
     if system == "ours":

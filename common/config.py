@@ -26,6 +26,14 @@ class ConfigError(ValueError):
     """A config file or flag that does not match the config dataclasses."""
 
 
+def help_field(default: Any, doc: str, **kw: Any) -> Any:
+    """A config dataclass field with its help string (what `format_help` and `--help` print); a
+    list or dict default goes through default_factory, so instances never share it."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": doc}, **kw)
+    return dataclasses.field(default=default, metadata={"help": doc}, **kw)
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 

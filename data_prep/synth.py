@@ -151,8 +151,8 @@ def _place(rng: np.random.Generator, content: np.ndarray, clip: tuple[float, flo
     """`content` after 0.1-0.4 s of silence, then silence up to a length drawn from `clip` (seconds).
 
     The length is drawn from the task's fixed range whatever the answer, so clip duration carries
-    no information about it (before, five beeps made a clip twice as long as one). The onset stays
-    near the start, as before, so where a sound begins is as easy to learn as it was.
+    no information about it (a clip as long as its content would make five beeps twice as long as
+    one). The onset stays near the start, so where a sound begins is easy to learn.
     """
     lead = _n(rng.uniform(0.1, 0.4))
     total = _n(rng.uniform(*clip))

@@ -311,7 +311,7 @@ def _log_wandb(project: str, out: Path, rows: list[dict], png: Path, systems: li
         import wandb
     except ImportError as e:  # pragma: no cover - wandb is a dependency, but keep the error clear
         raise CompareError("--wandb needs the wandb package (pip install wandb)") from e
-    from eval.run import wandb_mode
+    from common.tracking import wandb_mode
 
     run = wandb.init(
         project=project, name=f"compare-{out.name}", job_type="compare", dir=str(out), mode=wandb_mode()

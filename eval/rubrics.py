@@ -341,7 +341,7 @@ def run_rubrics(run_dir: str | Path, cfg: JudgeConfig, *, meta: str | Path | Non
 def _log_wandb(project: str, run_dir: Path, summary: dict) -> None:
     import wandb
 
-    from eval.run import wandb_mode
+    from common.tracking import wandb_mode
 
     run = wandb.init(project=project, name=f"rubrics-{run_dir.name}", job_type="rubrics", dir=str(run_dir),
                      config={"judge": summary["judge"]}, mode=wandb_mode())  # fmt: skip

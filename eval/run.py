@@ -17,16 +17,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import statistics
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from common.config import ConfigError, parse_config
+from common.config import help_field as _f  # short: EvalConfig calls it for every field
 from common.io import (
     JsonlAppender,
     atomic_write_json,
@@ -59,10 +59,6 @@ RESUME_KEYS = (
     "data_manifest_sha256",
     "backend",
 )
-
-
-def _f(default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"help": doc})
 
 
 @dataclass
@@ -111,7 +107,8 @@ class EvalConfig:
     vllm_max_model_len: int = _f(4096, "vllm: the server's context length (prompt, audio tokens and answer).")
     vllm_startup_timeout_s: float = _f(900.0, "vllm: seconds to wait for the server to become healthy.")
     vllm_args: str = _f(
-        "", "vllm: extra server flags, as --vllm_args='--tensor-parallel-size 2' ('--enforce-eager': no compile)."
+        "",
+        "vllm: extra server flags, as --vllm_args='--tensor-parallel-size 2' ('--enforce-eager': no compile).",
     )
     wandb: bool = _f(False, "Log metrics (eval/acc/<layer>) to W&B.")
     wandb_project: str = _f("audio-reasoning-tuner", "W&B project.")
@@ -119,12 +116,6 @@ class EvalConfig:
 
 class EvalError(RuntimeError):
     """A refused evaluation (leakage, model/adapter mismatch, inconsistent resume, bad data dir)."""
-
-
-def _family_module(family: Any) -> Any:
-    from models import get_family
-
-    return get_family(family) if isinstance(family, str) else family
 
 
 def _length_key(row: dict, audio_mode: str) -> tuple[float, int]:
@@ -144,7 +135,7 @@ def _eos_ids(model: Any) -> set[int]:
     return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
 
-def _generation_config(model: Any, processor: Any, max_new_tokens: int) -> Any:
+def greedy_generation_config(model: Any, processor: Any, max_new_tokens: int) -> Any:
     """Greedy decoding from the checkpoint's generation config (its eos ids), sampling knobs off."""
     gen = copy.deepcopy(model.generation_config)
     gen.do_sample, gen.num_beams, gen.max_new_tokens = False, 1, max_new_tokens
@@ -155,6 +146,13 @@ def _generation_config(model: Any, processor: Any, max_new_tokens: int) -> Any:
             tok.pad_token_id if tok.pad_token_id is not None else next(iter(_eos_ids(model)), 0)
         )
     return gen
+
+
+def batches(rows: list[dict], batch_size: int, audio_mode: str = "real") -> list[list[int]]:
+    """Indices of `rows` in the batches `evaluate` generates: prompts sorted by length (less
+    padding), `batch_size` at a time."""
+    order = sorted(range(len(rows)), key=lambda i: _length_key(rows[i], audio_mode))
+    return list(iter_chunks(order, max(1, batch_size)))
 
 
 def generate_batch(model: Any, processor: Any, family: Any, rows: list[dict], cfg: Any) -> list[dict]:
@@ -170,7 +168,7 @@ def generate_batch(model: Any, processor: Any, family: Any, rows: list[dict], cf
     )
     device = next(model.parameters()).device
     inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-    gen = _generation_config(model, processor, cfg.max_new_tokens)
+    gen = greedy_generation_config(model, processor, cfg.max_new_tokens)
     with torch.inference_mode(), last_position_logits(model):
         out = model.generate(**inputs, generation_config=gen)
     prompt_len = inputs["input_ids"].shape[1]
@@ -250,16 +248,17 @@ def evaluate(
     import torch
     from tqdm.auto import tqdm
 
-    fam = _family_module(family)
+    from models import as_family
+
+    fam = as_family(family)
     audio_mode = getattr(cfg, "audio", "real")
-    order = sorted(range(len(rows)), key=lambda i: _length_key(rows[i], audio_mode))
     was_training = model.training
     model.eval()
     torch.manual_seed(getattr(cfg, "seed", 0))
     results: dict[str, dict] = {}
     bar = tqdm(total=len(rows), desc="eval", unit="item", disable=not progress)
     try:
-        for idx in iter_chunks(order, max(1, cfg.batch_size)):
+        for idx in batches(rows, cfg.batch_size, audio_mode):
             batch = [rows[i] for i in idx]
             for sample, gen in zip(batch, generate_batch(model, processor, fam, batch, cfg)):
                 pred = prediction_row(sample, gen, audio_mode)
@@ -363,7 +362,7 @@ def resolve_data(data: str | Path) -> Path:
     return path.resolve()
 
 
-def load_split(data_dir: Path, manifest: dict, split: str, limit: int | None) -> list[dict]:
+def read_split_rows(data_dir: Path, manifest: dict, split: str, limit: int | None) -> list[dict]:
     """The split's samples in file order (first `limit` of them); unknown split is an error."""
     path = data_dir / f"{split}.jsonl"
     if split not in manifest.get("splits", {}) or not path.exists():
@@ -522,13 +521,10 @@ def rotation_todo(path: Path, rows: list[dict], k: int) -> dict[int, list[dict]]
     return {r: batch for r, batch in todo.items() if batch}
 
 
-def wandb_mode() -> str:
-    """WANDB_MODE if set; else online only with an API key, so a CLI never stops at a login prompt."""
-    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-
-
 def _log_wandb(cfg: EvalConfig, metrics: dict, run_info: dict) -> None:
     import wandb
+
+    from common.tracking import wandb_mode
 
     mode = wandb_mode()
     run = wandb.init(project=cfg.wandb_project, name=Path(cfg.out).name, job_type="eval",
@@ -568,7 +564,7 @@ def prepare(cfg: EvalConfig) -> tuple[Path, dict, list[dict], str, dict]:
 
     data_dir = resolve_data(cfg.data)
     manifest = _read_json(data_dir / "manifest.json")
-    rows = load_split(data_dir, manifest, cfg.split, cfg.limit)
+    rows = read_split_rows(data_dir, manifest, cfg.split, cfg.limit)
     family_name = cfg.family or family_of(cfg.model)
     if manifest.get("family") and manifest["family"] != family_name:
         log.warning(

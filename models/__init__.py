@@ -51,6 +51,11 @@ def get_family(name: str) -> ModuleType:
     return _module(name)
 
 
+def as_family(family: str | ModuleType) -> ModuleType:
+    """A family module given as itself or by name (the shared code takes either)."""
+    return get_family(family) if isinstance(family, str) else family
+
+
 def _local_config(name_or_path: str) -> dict | None:
     """config.json of a local folder, or of a hub repo already in the local cache (no download)."""
     path = Path(name_or_path) / "config.json"

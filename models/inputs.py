@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from common.shared_counts import SharedCounts
+from models import as_family
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,6 @@ TEMPLATE_MISMATCH = "prompt_not_a_prefix_of_conversation"
 CLIPS_MISMATCH = "audio_placeholders_do_not_match_clips"
 DROP_REASONS = (CUTS_AUDIO, NO_ROOM_FOR_ANSWER, TEMPLATE_MISMATCH, CLIPS_MISMATCH)
 ANSWERS_TRUNCATED = "answers_truncated"  # kept samples whose answer was shortened to max_length
-
-
-def _family(family: str | ModuleType) -> ModuleType:
-    from models import get_family
-
-    return get_family(family) if isinstance(family, str) else family
 
 
 def _tokenizer(processor: Any) -> Any:
@@ -96,7 +91,7 @@ def sample_token_length(
     when the row has it, else by decoding the audio. Raises ValueError when the rendered prompt is
     not a token prefix of the rendered conversation (a template that cannot be masked this way).
     """
-    family = _family(family)
+    family = as_family(family)
     tok = _tokenizer(processor)
     full_text = family.render(processor, row["messages"], add_generation_prompt=False)
     prompt_text = family.render(processor, _prompt_messages(row["messages"]), add_generation_prompt=True)
@@ -183,7 +178,7 @@ class AudioChatCollator:
     counts: SharedCounts = field(default_factory=lambda: SharedCounts([*DROP_REASONS, ANSWERS_TRUNCATED]))
 
     def __post_init__(self) -> None:
-        self.family = _family(self.family)
+        self.family = as_family(self.family)
 
     @property
     def skipped(self) -> Counter:
@@ -328,7 +323,7 @@ def encode_prompts(
     audio_mode: "real"; "noise" (Gaussian, the clip's length and RMS, seeded per row id);
     "silence" (zeros, the clip's length); "none" (the audio block removed from the prompt).
     """
-    family = _family(family)
+    family = as_family(family)
     texts, audios = [], []
     for row in rows:
         audios.extend(prompt_audio(family, processor, row, audio_mode=audio_mode, seed=seed))

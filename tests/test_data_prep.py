@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test")
 
 
-def load_split(dataset: Path, split: str) -> list[dict]:
+def split_rows(dataset: Path, split: str) -> list[dict]:
     return [
         json.loads(line) for line in (dataset / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
     ]
@@ -31,7 +31,7 @@ def load_split(dataset: Path, split: str) -> list[dict]:
 
 def all_rows(dataset: Path) -> dict[str, list[dict]]:
     manifest = json.loads((dataset / "manifest.json").read_text())
-    return {split: load_split(dataset, split) for split in manifest["splits"]}
+    return {split: split_rows(dataset, split) for split in manifest["splits"]}
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -142,7 +142,7 @@ def test_hf_copy_round_trips(mmar_prepared):
 
     dataset = mmar_prepared["direct_v1"]
     hf = load_from_disk(str(dataset / "hf" / "test"))
-    rows = load_split(dataset, "test")
+    rows = split_rows(dataset, "test")
     assert len(hf) == len(rows)
     first = hf[0]
     assert first["id"] == rows[0]["id"] and first["target"] == rows[0]["target"]
@@ -207,12 +207,12 @@ def test_synth_config_prepares_a_local_source_with_audio(tmp_path, caplog):
     assert all(r["group"] == f"scene{r['id'][4]}" != group_of(r["id"]) for r in rows)
     assert all(r["target"].startswith("<think>Key cues: pitch.\nThe second tone") for r in rows)
     for split, summary in manifest["splits"].items():
-        assert summary["count"] == len(load_split(dataset, split))
-        assert sorted(summary["groups"]) == sorted({r["group"] for r in load_split(dataset, split)})
+        assert summary["count"] == len(split_rows(dataset, split))
+        assert sorted(summary["groups"]) == sorted({r["group"] for r in split_rows(dataset, split)})
     exported = [json.loads(x) for x in (dataset / "export" / "train.jsonl").read_text().splitlines()]
     assert exported[0]["messages"][1]["content"].startswith("<audio>")
     assert exported[0]["audios"] and Path(exported[0]["audios"][0]).is_file()
-    assert exported[0]["messages"][2]["content"] == load_split(dataset, "train")[0]["target"]
+    assert exported[0]["messages"][2]["content"] == split_rows(dataset, "train")[0]["target"]
     info = json.loads((dataset / "export" / "dataset_info.json").read_text())
     assert info["synth_cot_train"]["formatting"] == "sharegpt"
     with caplog.at_level(logging.INFO, logger="data_prep.prepare"):

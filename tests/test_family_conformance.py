@@ -334,10 +334,10 @@ def test_zero2_two_ranks_two_steps(zero2_run):
 
 @pytest.mark.slow
 def test_eval_batched_equals_one_at_a_time(family, tiny, prepared, zero2_run):
-    from eval.run import EvalConfig, evaluate, load_model_and_adapter, load_split
+    from eval.run import EvalConfig, evaluate, load_model_and_adapter, read_split_rows
 
     manifest = json.loads((prepared / "manifest.json").read_text())
-    items = load_split(prepared, manifest, "test", 4)
+    items = read_split_rows(prepared, manifest, "test", 4)
     outputs = {}
     for batch_size in (4, 1):
         cfg = EvalConfig(model=str(tiny), adapter=str(zero2_run), data=str(prepared), batch_size=batch_size,

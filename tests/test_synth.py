@@ -217,7 +217,8 @@ def test_duration_and_loudness_say_nothing_about_the_answer(big_synth: Path) -> 
     """Per task, neither the clip length nor its peak level correlates with the answer class.
 
     Under independence r is about N(0, 1/sqrt(n)) with n ~ 285 items per task (sd 0.06); 0.15 is
-    2.5 sd. Before the fix, beep_count had r = +0.94 between duration and the number of beeps.
+    2.5 sd. Clips as long as their content would give beep_count r = +0.94 between duration and the
+    number of beeps.
     """
     by_task: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
     for r in _rows(big_synth):

@@ -164,6 +164,21 @@ def test_metric_namespaces() -> None:
     }  # fmt: skip
 
 
+def test_warmup_ratio_is_a_share_of_the_steps(tmp_path: Path) -> None:
+    """transformers 5 takes the ratio as `warmup_steps` below 1; 1 or more would be read as steps."""
+    from transformers import TrainingArguments
+
+    from train.components import shared_trainer_kwargs
+
+    cfg = load_config(["--warmup_ratio", "0.05", "--output_dir", str(tmp_path)])
+    warmup = shared_trainer_kwargs(cfg)["warmup_steps"]
+    args = TrainingArguments(output_dir=str(tmp_path), warmup_steps=warmup, report_to="none")
+    assert (args.get_warmup_steps(1000), args.get_warmup_steps(40)) == (50, 2)
+    for bad in ("1", "2.5", "-0.1"):
+        with pytest.raises(ConfigError, match="warmup_ratio"):
+            load_config(["--warmup_ratio", bad])
+
+
 def test_loss_scaling_guard() -> None:
     """A model whose forward takes **kwargs but computes its own mean loss must opt out of loss kwargs."""
     import torch

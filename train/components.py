@@ -159,7 +159,7 @@ def check_dataset_family(manifest: dict, family: ModuleType) -> None:
         )
 
 
-def load_split(
+def load_fitting_split(
     data: TrainDataConfig, split: str, family: ModuleType, processor: Any, limit: int | None
 ) -> tuple[Any, list[dict]]:
     """hf/<split> as a datasets.Dataset with a `length` column, minus samples that cannot fit.
@@ -230,7 +230,9 @@ def shared_trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        # transformers 5 has no warmup_ratio: its warmup_steps reads a value below 1 as that share of
+        # the total steps, which is what our ratio is (config._validate keeps it below 1).
+        warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         optim=t.optim,

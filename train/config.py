@@ -12,13 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from common.config import ConfigError, parse_config
-
-
-def _f(default, doc: str, **kw):
-    """A dataclass field with a help string (mutable defaults go through default_factory)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": doc}, **kw)
-    return field(default=default, metadata={"help": doc}, **kw)
+from common.config import help_field as _f  # short: the dataclasses below call it for every field
 
 
 @dataclass
@@ -77,7 +71,7 @@ class TrainingConfig:
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
     learning_rate: float = _f(1e-4, "Peak learning rate.")
     lr_scheduler_type: str = _f("cosine", "cosine | linear | constant | constant_with_warmup | ...")
-    warmup_ratio: float = _f(0.03, "Share of steps spent warming up linearly.")
+    warmup_ratio: float = _f(0.03, "Share of the total steps spent warming up linearly, in [0, 1).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
     optim: str = _f("adamw_torch", "HF optimizer name (DeepSpeed's JSON may override it).")
@@ -237,6 +231,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"training.max_steps must be -1 or > 0, got {t.max_steps}")
     if t.per_device_train_batch_size < 1 or t.gradient_accumulation_steps < 1:
         raise ConfigError("training batch size and gradient_accumulation_steps must be >= 1")
+    if not 0 <= t.warmup_ratio < 1:  # transformers would read 1 or more as a number of steps
+        raise ConfigError(f"training.warmup_ratio is a share of the steps, in [0, 1); got {t.warmup_ratio}")
     if t.bf16 and cfg.model.dtype == "float16":
         raise ConfigError("bf16 training with float16 weights: set model.dtype to bfloat16 or float32")
     from train.rewards import REWARDS  # the registry is the one list of reward names

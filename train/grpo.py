@@ -69,7 +69,7 @@ def main(cfg: TrainConfig) -> Path:
     # 3. prompts: the user turn data_prep rendered; `choices`/`answer_index` ride along for rewards
     manifest = components.read_manifest(cfg.data)
     components.check_dataset_family(manifest, family)
-    train_ds, skipped = components.load_split(
+    train_ds, skipped = components.load_fitting_split(
         cfg.data, cfg.data.train_split, family, processor, cfg.data.max_train_samples
     )
     train_ds = with_prompts(train_ds)
@@ -111,7 +111,7 @@ def main(cfg: TrainConfig) -> Path:
     # 7. save (the prompts the length pre-filter dropped, by reason, also to W&B)
     counts = run_files.data_counts({"train": skipped})
     tracking.log_metrics(run_files.count_metrics(counts))
-    save_run(trainer, cfg, run_info, final, counts)
+    save_grpo_run(trainer, cfg, run_info, final, counts)
 
     # 8. eval at end (rank 0, on the saved adapter)
     run_files.free_trainer(trainer)
@@ -574,7 +574,7 @@ def log_completions_table(logs: dict, reward_names: list[str], weights: list[flo
 # 7. save ----------------------------------------------------------------------------------------
 
 
-def save_run(
+def save_grpo_run(
     trainer: AudioGRPOTrainer, cfg: TrainConfig, run_info: dict, final: dict, counts: dict | None = None
 ) -> None:
     """The shared save (train.run_files), with the reward weights and data counts recorded and

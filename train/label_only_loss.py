@@ -21,7 +21,7 @@ head is *called*, never read: under ZeRO-3 calling the module gathers its partit
 The patched forward has three modes:
   - `labels=...`          -> `loss` only (no logits are built); `num_items_in_batch` is honoured
                              when the Trainer passes it (the model's `accepts_loss_kwargs` decides,
-                             exactly as before: see train/sft.py check_loss_scaling).
+                             as for the model's own forward: see train/sft.py check_loss_scaling).
   - `logits_to_keep=k`    -> logits of the last k positions only (GRPO's log-prob forwards).
   - neither, or a generation call (a KV cache / use_cache) -> the model's own forward, unchanged.
 
@@ -42,10 +42,11 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from models.inputs import IGNORE_INDEX
+
 if TYPE_CHECKING:
     from models.silent_audio import SilentAudioPass
 
-IGNORE_INDEX = -100
 _MARK = "_label_only_original_forward"
 
 

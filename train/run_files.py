@@ -121,7 +121,7 @@ def sum_over_ranks(counts: dict[str, int]) -> dict[str, int]:
 def data_counts(split_skipped: dict[str, list[dict]], collator: Any = None) -> dict[str, Any]:
     """Every sample the recipe or the collator left out or shortened, for run_info.json and W&B.
 
-    `split_skipped`: split -> load_split's drops (the same on every rank: each loads the whole
+    `split_skipped`: split -> load_fitting_split's drops (the same on every rank: each loads the whole
     split). The collator's counts are per rank (its loader workers already add into them), so
     they are summed over ranks here: a collective when a collator is given.
     """

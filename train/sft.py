@@ -52,12 +52,12 @@ def main(cfg: TrainConfig) -> Path:
     # 3. data
     manifest = components.read_manifest(cfg.data)
     components.check_dataset_family(manifest, family)
-    train_ds, train_skipped = components.load_split(
+    train_ds, train_skipped = components.load_fitting_split(
         cfg.data, cfg.data.train_split, family, processor, cfg.data.max_train_samples
     )
     val_ds, val_skipped = None, []
     if cfg.data.val_split and manifest.get("splits", {}).get(cfg.data.val_split, {}).get("count"):
-        val_ds, val_skipped = components.load_split(
+        val_ds, val_skipped = components.load_fitting_split(
             cfg.data, cfg.data.val_split, family, processor, cfg.data.max_val_samples
         )
 

@@ -11,98 +11,25 @@ the rank-0 rule explicit.
 
 from __future__ import annotations
 
-import json
 import logging
-import netrc
-import os
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
 from transformers import TrainerCallback
 
 from common.config import to_dict
 from common.logging_utils import is_main_process
+from common.tracking import wandb_mode
 from train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 RUN_ID_FILE = "wandb_run_id.txt"
-_REACH_TIMEOUT_S = 2.0
-
-
-def _wandb_url() -> str:
-    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
-
-
-def _has_credentials(host: str) -> bool:
-    """An API key in the environment or a `wandb login` entry in ~/.netrc (only its presence)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def _reachable(base_url: str, timeout: float = _REACH_TIMEOUT_S) -> bool:
-    """True when a W&B GraphQL endpoint answers at `base_url` within `timeout`.
-
-    wandb 0.31 with an API key but no network blocks ~100 s in wandb.init before failing, so we
-    ask first. A TCP connect is not enough: sandboxes and proxies accept connections (and answer
-    404 to everything) with no W&B behind them. A GraphQL server answers a POST with 200, or
-    400/401/403 when it dislikes the query or the missing key; anything else counts as unreachable.
-    The request runs in a daemon thread so a stuck DNS lookup cannot hold us either.
-    """
-    status: list[int] = []
-    request = urllib.request.Request(
-        f"{base_url}/graphql",
-        data=json.dumps({"query": "query { __typename }"}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-
-    def probe() -> None:
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                status.append(response.status)
-        except urllib.error.HTTPError as e:
-            status.append(e.code)
-        except (OSError, ValueError):
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(status) and status[0] in (200, 400, 401, 403)
 
 
 def resolve_wandb_mode(cfg: TrainConfig) -> str:
-    """'online', 'offline' or 'disabled', decided once, with a clear log line for each fallback."""
-    w = cfg.wandb
-    if w.report_to != "wandb":
-        return "disabled"
-    env_mode = os.environ.get("WANDB_MODE")
-    if env_mode in ("offline", "dryrun", "disabled"):
-        return "offline" if env_mode == "dryrun" else env_mode
-    if w.mode == "offline":
-        return "offline"
-    url = _wandb_url()
-    if not _has_credentials(urlparse(url).hostname or "api.wandb.ai"):
-        logger.warning("W&B: no credentials (WANDB_API_KEY or `wandb login`); logging offline.")
-        return "offline"
-    if not _reachable(url):
-        logger.warning(
-            "W&B: %s did not answer within %.0f s; logging offline (wandb would otherwise block "
-            "~100 s). Upload later with `wandb sync <run dir>`.",
-            url,
-            _REACH_TIMEOUT_S,
-        )
-        return "offline"
-    return "online"
+    """'online', 'offline' or 'disabled', decided once (common.tracking.wandb_mode: never blocks)."""
+    return wandb_mode(cfg.wandb.mode) if cfg.wandb.report_to == "wandb" else "disabled"
 
 
 def start_run(cfg: TrainConfig, run_info: dict) -> str:
