@@ -5,11 +5,10 @@ whose forward takes `logits_to_keep` get it from `generate` (Audio Flamingo 3 in
 but Qwen2-Audio and the Qwen2.5-Omni / Qwen3-Omni thinkers project *every* prompt position through
 the head in the prefill: B x T x V logits, where T includes the audio placeholders (750 for a 30 s
 clip) and V is 151,680: on a GPU, a batch of 16 30 s clips is ~7 GiB of fp32 logits built and
-thrown away at once; on CPU with the real vocabulary, batched evaluation went from 2.69x to 3.22x
-the one-at-a-time speed without them (bench.eval_batching). `last_position_logits(model)` keeps
-the head's input to the last position for the duration of a `with` block, so every family's
-prefill builds B x 1 x V, and the tokens generated are the same (tests/test_family_conformance.py
-checks it per family). With left-padded prompts, the last position is every row's own last token.
+thrown away at once. `last_position_logits(model)` keeps the head's input to the last position for
+the duration of a `with` block, so every family's prefill builds B x 1 x V, and the tokens generated
+are the same (tests/test_family_conformance.py checks it per family). With left-padded prompts, the
+last position is every row's own last token.
 """
 
 from __future__ import annotations
