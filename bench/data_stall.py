@@ -102,7 +102,7 @@ def measure(cfg) -> tuple[float, float]:
     model = components.add_lora(model, family, cfg.lora)
     train_ds, _ = components.load_fitting_split(cfg.data, cfg.data.train_split, family, processor, None)
     collator = AudioChatCollator(family, processor, cfg.data.max_length)
-    trainer = sft.build_trainer(cfg, model, processor, collator, train_ds, None, [])
+    trainer = sft.build_trainer(cfg, model, family, processor, collator, train_ds, None, [])
     timer = StallTimer(trainer)
     trainer.train()
     return timer.stall_frac()

@@ -152,9 +152,10 @@ def trainer_batches(model_dir: Path, processor: Any, lengths: list[int], grouped
             "--group_by_length", str(grouped).lower(),
         ]
     )  # fmt: skip
-    model = get_family("qwen2_audio").load_model(str(model_dir), dtype="float32")
+    family = get_family("qwen2_audio")
+    model = family.load_model(str(model_dir), dtype="float32")
     ds = Dataset.from_dict({"id": [str(i) for i in range(len(lengths))], LENGTH_COLUMN: lengths})
-    trainer = build_trainer(cfg, model, processor, LengthsOnly(), ds, None, [])
+    trainer = build_trainer(cfg, model, family, processor, LengthsOnly(), ds, None, [])
     batches = [b["length"].tolist() for b in trainer.get_train_dataloader()]
     return batches, cfg.training
 

@@ -140,7 +140,7 @@ def run_worker(system: str, model_dir: str, data_dir: str, steps: int, seed: int
     collator = _CountingCollator(AudioChatCollator(family, processor, cfg.data.max_length))
     timer = _step_timer()
     if system == "ours":
-        trainer = sft.build_trainer(cfg, model, processor, collator, train_ds, None, [timer])
+        trainer = sft.build_trainer(cfg, model, family, processor, collator, train_ds, None, [timer])
     else:
         args = TrainingArguments(**components.shared_trainer_kwargs(cfg), remove_unused_columns=False)
         trainer = Trainer(
