@@ -28,6 +28,7 @@ BENCHES = {
     ),
     "gpu_throughput": ("train", "generation", "forbidden_imports", "device"),
     "eval_backends": ("hf_items_per_s", "vllm_items_per_s", "speedup", "identical_frac"),
+    "grpo_gain": ("seeds", "seeds_improved_p01", "recipe"),
 }
 NEEDS_VLLM = {"eval_backends"}
 
@@ -71,6 +72,18 @@ def test_bench_quick_prints_json_last(name, tmp_path):
         assert all(g["tokens_per_s"] > 0 for g in result["generation"])
     if name == "prepare":
         assert result["items_per_s"] > 0 and result["samples_written"] == result["items"]
+    if name == "grpo_gain":
+        (seed,) = result["seeds"]
+        assert {
+            "start_acc",
+            "grpo_acc",
+            "sft_acc",
+            "p_grpo_vs_start",
+            "p_grpo_vs_sft",
+            "reward_curve",
+        } <= set(seed)
+        assert seed["grpo_steps"] == 2 and seed["sft_steps"] > 0  # (b) trained while (a) did
+        assert 0 <= seed["zero_variance_share_mean"] <= 1
 
 
 class _FakeTrainer:
