@@ -211,6 +211,29 @@ def _loss(
     return float(loss), {k: v[-1] for k, v in trainer._metrics["train"].items()}
 
 
+def test_temperature_group_size_and_beta_change_scoring(setup, batch, tmp_path):
+    """Log-probs are scored at the sampling temperature (flatter at 2.0), advantages are centred per
+    group of `num_generations`, and beta > 0 adds the reference log-probs to the batch."""
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    entropy = {}
+    for temperature in (1.0, 2.0):
+        trainer = _trainer(setup, tmp_path, temperature=temperature)
+        trainer._audio = trainer._audio_of(batch)
+        with torch.no_grad():
+            _, ent, _ = trainer._get_per_token_logps_and_entropies(
+                trainer.model, ids, mask, batch["completion_ids"].size(1), compute_entropy=True
+            )
+        entropy[temperature] = float((ent * batch["completion_mask"]).sum())
+    assert entropy[2.0] > entropy[1.0]
+    pairs = _trainer(setup, tmp_path, num_generations=2, scale_rewards="none", beta=0.04)
+    out, _ = pairs._score_generation_batch(_generation_rows(pairs, setup, prompts=4))
+    assert out["advantages"].shape == (8,) and torch.allclose(
+        out["advantages"].view(4, 2).sum(1), torch.zeros(4), atol=1e-6
+    )
+    assert "ref_per_token_logps" in out and "ref_per_token_logps" not in batch
+
+
 def test_loss_type_sets_the_normaliser(setup, batch, tmp_path):
     """On-policy (ratio 1) the per-token loss is -advantage: dapo divides the batch sum by its tokens,
     dr_grpo by rows x max_completion_length, grpo averages each sequence first (advantages of a group
