@@ -143,13 +143,27 @@ def with_run_info(checkpoint: Path, run_dir: Path) -> Path:
     return checkpoint
 
 
+def saves_every(checkpoint: Path) -> int | None:
+    """The save interval a run resumed from `checkpoint` keeps: transformers restores the
+    checkpoint's TrainerState, whose `save_steps` then decides when to save, whatever the flags say."""
+    state = checkpoint / "trainer_state.json"
+    return json.loads(state.read_text())["save_steps"] if state.exists() else None
+
+
 def sft_start(paths: dict[str, Path], root: Path, seed: int, budget: dict) -> Path:
-    """checkpoint-<sft_stop> of the quickstart's CoT SFT: the run is stopped once it is complete."""
+    """checkpoint-<sft_stop> of the quickstart's CoT SFT: the run is stopped once it is complete.
+
+    It saves every `sft_save_every` steps, the interval (b) inherits when it resumes from it: saving
+    only at `sft_stop` left (b) with checkpoints 1,500 steps apart (measured: killed at step 5,880,
+    scored at 4,500).
+    """
     out = root / "sft"
     ckpt = out / f"checkpoint-{budget['sft_stop']}"
-    if not (ckpt / "trainer_state.json").exists():
+    if saves_every(ckpt) != budget["sft_save_every"]:
         shutil.rmtree(out, ignore_errors=True)
-        proc = start(sft_cmd(paths, out, seed, budget, "--save_steps", budget["sft_stop"]), root / "sft.log")
+        proc = start(
+            sft_cmd(paths, out, seed, budget, "--save_steps", budget["sft_save_every"]), root / "sft.log"
+        )
         while proc.poll() is None and not (ckpt / "trainer_state.json").exists():
             time.sleep(1)
         stop(proc)
