@@ -48,3 +48,31 @@ def vllm_missing() -> str | None:
     except vllm_server.VLLMError:
         return "vLLM venv absent (make vllm); `make test` installs it and requires these tests"
     return None
+
+
+def grpo_test_config(
+    model_dir=".", dataset_dir=".", out=".", *, training=None, grpo=None, lora=None, data=None
+):
+    """A GRPO TrainConfig for the tiny models: eager attention, LoRA r8, a constant learning rate,
+    logging every step; `training`, `grpo`, `lora` and `data` add or override keys."""
+    from common.config import config_from_dict
+    from train.config import TrainConfig
+
+    return config_from_dict(
+        TrainConfig,
+        {
+            "model": {"model_name_or_path": str(model_dir), "attn_implementation": "eager"},
+            "data": {"dataset_dir": str(dataset_dir), "max_length": 1024, **(data or {})},
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, **(lora or {})},
+            "training": {
+                "output_dir": str(out),
+                "method": "grpo",
+                "logging_steps": 1,
+                "save_steps": 1000,
+                "lr_scheduler_type": "constant",
+                "warmup_ratio": 0.0,
+                **(training or {}),
+            },
+            "grpo": grpo or {},
+        },
+    )

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port
+from helpers import free_port, grpo_test_config
 from safetensors.torch import load_file
 
-from common.config import config_from_dict
 from models import get_family
 from train import components, grpo
-from train.config import TrainConfig
 from train.rewards import accuracy_reward, reward_functions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,23 +58,14 @@ def _tiny_model(family_name: str, request, tmp_path_factory) -> Path:
 def _cfg(
     model_dir: Path, dataset_dir: Path, out: Path, training: dict, grpo_cfg: dict, lora: dict | None = None
 ):
-    return config_from_dict(
-        TrainConfig,
-        {
-            "model": {"model_name_or_path": str(model_dir), "attn_implementation": "eager"},
-            "data": {"dataset_dir": str(dataset_dir), "max_length": 1024, "max_train_samples": 8},
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, **(lora or {})},
-            "training": {
-                "output_dir": str(out),
-                "method": "grpo",
-                "logging_steps": 1,
-                "save_steps": 1000,
-                "lr_scheduler_type": "constant",
-                "warmup_ratio": 0.0,
-                **training,
-            },
-            "grpo": grpo_cfg,
-        },
+    return grpo_test_config(
+        model_dir,
+        dataset_dir,
+        out,
+        training=training,
+        grpo=grpo_cfg,
+        lora=lora,
+        data={"max_train_samples": 8},
     )
 
 

@@ -12,8 +12,9 @@ import math
 
 import pytest
 import torch
+from helpers import grpo_test_config
 
-from common.config import ConfigError, config_from_dict
+from common.config import ConfigError
 from models import get_family
 from train import components, grpo
 from train.config import TrainConfig
@@ -31,25 +32,9 @@ FAMILY = get_family("qwen2_audio")
 
 
 def _cfg(model_dir=".", dataset_dir=".", out=".", training: dict | None = None, **grpo_cfg) -> TrainConfig:
-    return config_from_dict(
-        TrainConfig,
-        {
-            "model": {"model_name_or_path": str(model_dir), "attn_implementation": "eager"},
-            "data": {"dataset_dir": str(dataset_dir), "max_length": 1024},
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-            "training": {
-                "output_dir": str(out),
-                "method": "grpo",
-                "logging_steps": 1,
-                "save_steps": 1000,
-                "lr_scheduler_type": "constant",
-                "warmup_ratio": 0.0,
-                "per_device_train_batch_size": 8,
-                **(training or {}),
-            },  # fmt: skip
-            "grpo": {"num_generations": 4, "max_completion_length": 4, **grpo_cfg},
-        },
-    )
+    training = {"per_device_train_batch_size": 8, **(training or {})}
+    grpo_cfg = {"num_generations": 4, "max_completion_length": 4, **grpo_cfg}
+    return grpo_test_config(model_dir, dataset_dir, out, training=training, grpo=grpo_cfg)
 
 
 # --- contradictions are config errors that name the keys -------------------------------------------
