@@ -25,8 +25,8 @@ live in `--eval_dir`, default `<OUT>-evals`), and its leakage guard: an adapter 
 split being classified is refused unless `--allow_overlap` is given.
 
 A model that answers nothing correctly without the audio gives an empty weak subset (said in the
-log; its dataset lacks that split, as data_prep never writes an empty split); one that answers every item without it gives no strong subset, an error
-naming the model. On few-option questions one greedy run also sorts lucky guesses into weak
+log; its dataset lacks that split, as data_prep never writes an empty split); one that answers
+every item without it gives no strong subset, an error naming the model. On few-option questions one greedy run also sorts lucky guesses into weak
 (a blind guesser gets half of the 2-option items right): read the counts against the chance level.
 """
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import shutil
 import subprocess
 import sys
@@ -71,12 +72,12 @@ def eval_command(model: str, adapter: str | None, data: Path, split: str, out: P
 
 
 def run_eval(cmd: list[str]) -> None:
-    log.info("+ %s", " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    """Run eval.run with its output on this terminal: its progress bar is the progress of a split's
+    classification (hours for a 7B model over a large train split)."""
+    log.info("+ %s", shlex.join(cmd))
+    proc = subprocess.run(cmd, cwd=REPO_ROOT)
     if proc.returncode != 0:
-        raise ContributionError(
-            f"eval.run failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}"
-        )
+        raise ContributionError(f"eval.run exited {proc.returncode} (its output is above): {shlex.join(cmd)}")
 
 
 def correct_by_id(run_dir: Path, ids: Sequence[str]) -> dict[str, bool]:

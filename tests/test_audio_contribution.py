@@ -94,3 +94,14 @@ def test_split_runs_on_the_tiny_model_as_a_user_runs_it(tiny_qwen2_audio_fast, p
     assert runs == ["train-none", "train-real"]
     none_run = json.loads((tmp_path / "contribution-evals" / "train-none" / "run_info.json").read_text())
     assert none_run["audio_mode"] == "none" and none_run["status"] == "complete"
+
+
+def test_a_failing_eval_run_is_an_error_naming_the_command(prepared_synth, tmp_path):
+    """eval.run's own message stays on the terminal; the split ends with an error naming the run."""
+    missing = tmp_path / "no-such-model"
+    cmd = [sys.executable, "-m", "data_prep.audio_contribution", "--model", str(missing),
+           "--data", str(prepared_synth), "--out", str(tmp_path / "contribution")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "error: eval.run exited" in proc.stderr and str(missing) in proc.stderr
+    assert not (tmp_path / "contribution").exists()  # nothing half-written
