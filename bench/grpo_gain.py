@@ -109,10 +109,13 @@ def prepare_seed(root: Path, seed: int, budget: dict) -> dict[str, Path]:
     return paths
 
 
-def sft_cmd(paths: dict[str, Path], out: Path, seed: int, budget: dict, *flags: Any) -> list[str]:
+def sft_cmd(
+    paths: dict[str, Path], out: Path, seed: int, budget: dict, *flags: Any, keep: int | None = 2
+) -> list[str]:
+    """The quickstart's CoT SFT (its whole schedule), keeping the newest `keep` checkpoints (None: all)."""
     return train_cmd(
         "configs/tiny/quickstart.yaml", "--max_steps", budget["sft_schedule"], "--model_name_or_path", paths["base"],
-        "--dataset_dir", paths["cot"], "--output_dir", out, "--seed", seed, "--save_total_limit", 2,
+        "--dataset_dir", paths["cot"], "--output_dir", out, "--seed", seed, "--save_total_limit", "null" if keep is None else keep,
         "--dataloader_num_workers", budget["loader_workers"], "--wandb.report_to", "none", *flags,
     )  # fmt: skip
 
@@ -155,14 +158,16 @@ def sft_start(paths: dict[str, Path], root: Path, seed: int, budget: dict) -> Pa
 
     It saves every `sft_save_every` steps, the interval (b) inherits when it resumes from it: saving
     only at `sft_stop` left (b) with checkpoints 1,500 steps apart (measured: killed at step 5,880,
-    scored at 4,500).
+    scored at 4,500). It keeps every checkpoint (4 MB each): with `--quick`'s 2-step interval a
+    rotating run saved past checkpoint-8 and deleted it between two polls.
     """
     out = root / "sft"
     ckpt = out / f"checkpoint-{budget['sft_stop']}"
     if saves_every(ckpt) != budget["sft_save_every"]:
         shutil.rmtree(out, ignore_errors=True)
         proc = start(
-            sft_cmd(paths, out, seed, budget, "--save_steps", budget["sft_save_every"]), root / "sft.log"
+            sft_cmd(paths, out, seed, budget, "--save_steps", budget["sft_save_every"], keep=None),
+            root / "sft.log",
         )
         while proc.poll() is None and not (ckpt / "trainer_state.json").exists():
             time.sleep(1)
