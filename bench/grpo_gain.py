@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import SYNTH_CONFIG, emit, parse_args, print_table, workdir
+from bench._common import emit, parse_args, print_table, synth_dataset, workdir
 from common.paths import REPO_ROOT
 
 # The quickstart's budgets (scripts/quickstart.sh) and, for --quick, the smallest that still runs
@@ -81,9 +81,7 @@ def train_cmd(config: str, *flags: Any) -> list[str]:
 
 def prepare_seed(root: Path, seed: int, budget: dict) -> dict[str, Path]:
     """Data, tiny model and merged base (scripts/quickstart.sh steps 1-5), reused when present."""
-    from data_prep.prepare import run as prepare
     from data_prep.swap_audio import swap_dataset
-    from data_prep.synth import generate
     from models import get_family
     from models.merge import merge_adapter
 
@@ -92,12 +90,9 @@ def prepare_seed(root: Path, seed: int, budget: dict) -> dict[str, Path]:
         paths["base"] = paths["tiny"]
     if (paths["base"] / "config.json").exists() and (paths["cot"] / "manifest.json").exists():
         return paths
-    synth = root / "data/synth"
-    generate(synth, n=budget["items"], seed=seed)
     for template in ("cot_v1", "direct_v1") if budget["base_steps"] else ("cot_v1",):
-        prepare(["--config", str(SYNTH_CONFIG), "--template", template, "--name", f"synth_{template[:-3]}",
-                 "--source.path", str(synth / "meta.jsonl"), "--audio_root", str(synth),
-                 "--out_dir", str(root / "data" / template), "--seed", str(seed)])  # fmt: skip
+        synth_dataset(root / "data", budget["items"], seed, "--template", template, "--name",
+                      f"synth_{template[:-3]}", out_dir=root / "data" / template)  # fmt: skip
     get_family("qwen2_audio").make_tiny(paths["tiny"], seed=seed, tokenizer="local", window_seconds=5)
     if budget["base_steps"]:
         swapped = swap_dataset(root / "data/direct_v1/latest", root / "data/base-swapped", seed=seed)
@@ -302,16 +297,17 @@ def run_seed(work: Path, seed: int, budget: dict, grpo_args: list[str], tag: str
         "sft": evaluate(paths["base"], Path(arms["sft"]), paths["cot"], root / "arms" / tag / "eval-sft", seed, limit),
     }  # fmt: skip
     acc = {name: accuracy(f) for name, f in flags.items()}
+    p_grpo = paired(flags["start"], flags["grpo"])
     return {
         "seed": seed,
         "items": len(flags["start"]),
         "start_acc": acc["start"],
         "grpo_acc": acc["grpo"],
         "sft_acc": acc["sft"],
-        "p_grpo_vs_start": paired(flags["start"], flags["grpo"]),
+        "p_grpo_vs_start": p_grpo,
         "p_sft_vs_start": paired(flags["start"], flags["sft"]),
         "p_grpo_vs_sft": paired(flags["sft"], flags["grpo"]),
-        "grpo_improves_p01": acc["grpo"] > acc["start"] and paired(flags["start"], flags["grpo"]) < 0.01,
+        "grpo_improves_p01": acc["grpo"] > acc["start"] and p_grpo < 0.01,
         "grpo_steps": budget["grpo_steps"],
         "sft_steps": arms["sft_steps"],
         "arm_minutes": round(arms["minutes"], 2),
