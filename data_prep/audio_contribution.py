@@ -46,8 +46,7 @@ from pathlib import Path
 from common.io import read_complete_jsonl, read_jsonl, sha256_text
 from common.logging_utils import setup_logging
 from common.paths import REPO_ROOT
-from data_prep.card import mix_counts
-from data_prep.prepare import write_dataset
+from data_prep.prepare import per_split_counts, write_dataset
 from data_prep.splits import split_summary
 
 log = logging.getLogger(__name__)
@@ -135,12 +134,8 @@ def subset_manifest(manifest: dict, rows: dict[str, list[dict]], subset: str, co
     out["hash"] = sha256_text(json.dumps(out["audio_contribution"], sort_keys=True))
     out["splits"] = {split: split_summary(r) for split, r in rows.items()}
     counts = out["counts"]
-    counts["samples"] = sum(len(r) for r in rows.values())
-    counts["per_split"] = {split: len(r) for split, r in rows.items()}
-    counts["per_split_mix"] = {split: mix_counts(r) for split, r in rows.items()}
-    counts["per_split_text_only"] = {
-        split: sum(s["audio_path"] is None for s in r) for split, r in rows.items()
-    }
+    counts.update(per_split_counts(rows))
+    counts["samples"] = sum(counts["per_split"].values())
     counts["text_only"] = sum(counts["per_split_text_only"].values())
     return out
 

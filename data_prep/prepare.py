@@ -173,6 +173,16 @@ def make_splits(samples: list[dict], cfg: DataConfig) -> dict[str, list[dict]]:
     return splits
 
 
+def per_split_counts(splits: dict[str, list[dict]]) -> dict[str, dict]:
+    """The manifest's per-split counts, which follow from each split's rows alone (a dataset
+    derived by filtering rows, as data_prep.audio_contribution writes, recomputes them)."""
+    return {
+        "per_split": {k: len(v) for k, v in splits.items()},
+        "per_split_text_only": {k: sum(s["audio_path"] is None for s in v) for k, v in splits.items()},
+        "per_split_mix": {k: mix_counts(v) for k, v in splits.items()},
+    }
+
+
 def build_manifest(
     cfg: DataConfig,
     key: str,
@@ -196,9 +206,7 @@ def build_manifest(
         "empty_choice_dropped": sum(EMPTY_CHOICE_TAG in s["tags"] for s in samples),
         "warnings_by_kind": dict(sorted(Counter(w["kind"] for w in warnings).items())),
         "text_only": sum(s["audio_path"] is None for s in samples),
-        "per_split": {k: len(v) for k, v in splits.items()},
-        "per_split_text_only": {k: sum(s["audio_path"] is None for s in v) for k, v in splits.items()},
-        "per_split_mix": {k: mix_counts(v) for k, v in splits.items()},
+        **per_split_counts(splits),
     }
     return {
         "format_version": FORMAT_VERSION,
